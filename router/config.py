@@ -1,0 +1,141 @@
+"""Router configuration: taxonomy, model catalogue, routes, preference, exploration, cache.
+
+One pydantic model per concept, frozen and strict (unknown keys are errors). ``load_config`` is the
+only place YAML is read; it turns pydantic's errors into one ``loc -> msg`` line per problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from router.errors import ConfigError
+from router.types import CacheTier
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Frozen):
+    """One model the router may send traffic to. Prices are USD per 1k tokens."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    price_in_per_1k: float = Field(ge=0)
+    price_out_per_1k: float = Field(ge=0)
+
+
+class CategoryRoute(_Frozen):
+    """What a category may use: allowed models (empty = all) and its cache tier."""
+
+    models: tuple[str, ...] = ()
+    cache_tier: CacheTier = "skip"
+
+
+class Preference(_Frozen):
+    """Weights of the run-time utility ``quality - cost * cost_rel - latency * latency_rel``."""
+
+    quality: float = Field(default=1.0, ge=0)
+    cost: float = Field(default=0.3, ge=0)
+    latency: float = Field(default=0.0, ge=0)
+
+
+class Exploration(_Frozen):
+    """Epsilon-greedy exploration; the propensity of every action is logged exactly."""
+
+    kind: Literal["epsilon_greedy"] = "epsilon_greedy"
+    epsilon: float = Field(default=0.1, ge=0, le=1)
+
+
+class CacheSettings(_Frozen):
+    """Cache knobs used until a learned cache policy replaces them."""
+
+    similarity_threshold: float = Field(default=0.9, gt=0, le=1)
+    ttl_s: float = Field(default=3600.0, gt=0)
+    max_entries_per_partition: int = Field(default=10_000, gt=0)
+
+
+class RouterConfig(_Frozen):
+    """Everything ``Router.route`` needs besides the ONNX files."""
+
+    taxonomy: tuple[str, ...] = Field(min_length=1)
+    models: tuple[ModelSpec, ...] = Field(min_length=1)
+    fallback_model: str
+    min_confidence: float = Field(default=0.4, ge=0, le=1)
+    routes: dict[str, CategoryRoute] = Field(default_factory=dict)
+    preference: Preference = Preference()
+    exploration: Exploration = Exploration()
+    cache: CacheSettings = CacheSettings()
+    max_prompt_chars: int = Field(default=32_000, gt=0)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> RouterConfig:
+        names = [m.name for m in self.models]
+        _require_unique("models", names)
+        _require_unique("taxonomy", list(self.taxonomy))
+        _require_known("fallback_model", [self.fallback_model], names, "model")
+        _require_known("routes", list(self.routes), list(self.taxonomy), "category")
+        for category, route in self.routes.items():
+            _require_known(f"routes.{category}.models", list(route.models), names, "model")
+        return self
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.models)
+
+    def model(self, name: str) -> ModelSpec:
+        return next(m for m in self.models if m.name == name)
+
+    def allowed_models(self, category: str) -> tuple[str, ...]:
+        route = self.routes.get(category)
+        return route.models if route and route.models else self.model_names
+
+    def cache_tier(self, category: str) -> CacheTier:
+        route = self.routes.get(category)
+        return route.cache_tier if route else "skip"
+
+
+def _require_unique(field: str, values: list[str]) -> None:
+    dupes = sorted({v for v in values if values.count(v) > 1})
+    if dupes:
+        raise ValueError(f"{field}: duplicate names {dupes}")
+
+
+def _require_known(field: str, values: list[str], known: list[str], what: str) -> None:
+    for value in values:
+        if value not in known:
+            raise ValueError(f"{field}: unknown {what} {value!r}; known {what}s: {', '.join(known)}")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_yaml(path: str | Path) -> dict[str, object]:
+    """Read a YAML mapping, raising ``ConfigError`` that names the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {path}") from e
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def validate_config(data: object, model: type[M], source: str = "config") -> M:
+    """Validate a mapping against ``model``; one ``loc -> msg`` line per problem."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        lines = [f"  {'.'.join(str(p) for p in err['loc']) or '<root>'} -> {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"{source}: invalid {model.__name__}:\n" + "\n".join(lines)) from e
+
+
+def load_config(path: str | Path, model: type[M]) -> M:
+    """Load and validate one YAML config file."""
+    return validate_config(load_yaml(path), model, source=str(path))

@@ -1,0 +1,85 @@
+"""The request as the router sees it, parsed from an OpenAI-style chat payload."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from router.errors import RequestError
+
+ROLES = ("system", "user", "assistant", "tool", "developer")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One chat request. ``prompt`` (the last user turn) is what the classifier reads."""
+
+    messages: tuple[Message, ...]
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    tenant: str = "default"
+    user_id: str = ""
+    max_tokens: int | None = None
+
+    @property
+    def prompt(self) -> str:
+        return next((m.content for m in reversed(self.messages) if m.role == "user"), "")
+
+    @property
+    def n_turns(self) -> int:
+        return sum(1 for m in self.messages if m.role == "user")
+
+    @property
+    def conversation(self) -> str:
+        return "\n".join(f"{m.role}: {m.content}" for m in self.messages)
+
+    @property
+    def input_tokens(self) -> int:
+        return estimate_tokens(self.conversation)
+
+
+def estimate_tokens(text: str) -> int:
+    """Token count without a tokenizer: ~4 characters per token (English BPE average)."""
+    return max(1, (len(text) + 3) // 4)
+
+
+def parse_messages(payload: Any, *, max_prompt_chars: int) -> tuple[Message, ...]:
+    """Validate the ``messages`` field of a chat payload; errors name the offending item."""
+    if not isinstance(payload, dict):
+        raise RequestError(f"request body must be a JSON object, got {type(payload).__name__}")
+    messages = payload.get("messages")
+    if messages is None:
+        raise RequestError("missing required field 'messages'", field="messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("'messages' must be a non-empty list of {role, content} objects", field="messages")
+    parsed = tuple(_parse_message(i, m) for i, m in enumerate(messages))
+    if not any(m.role == "user" for m in parsed):
+        raise RequestError("'messages' has no message with role 'user'", field="messages")
+    total = sum(len(m.content) for m in parsed)
+    if total > max_prompt_chars:
+        raise RequestError(
+            f"prompt is {total} characters; the limit is {max_prompt_chars}", status=413, field="messages"
+        )
+    return parsed
+
+
+def _parse_message(i: int, m: Any) -> Message:
+    where = f"messages[{i}]"
+    if not isinstance(m, dict):
+        raise RequestError(f"{where} must be an object with 'role' and 'content'", field=where)
+    role, content = m.get("role"), m.get("content")
+    if role not in ROLES:
+        raise RequestError(f"{where}.role must be one of {', '.join(ROLES)}; got {role!r}", field=f"{where}.role")
+    if isinstance(content, list):  # OpenAI content parts: keep the text parts
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    if not isinstance(content, str):
+        raise RequestError(f"{where}.content must be a string; got {type(content).__name__}", field=f"{where}.content")
+    if role == "user" and not content.strip():
+        raise RequestError(f"{where}.content is empty", field=f"{where}.content")
+    return Message(role=role, content=content)

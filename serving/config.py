@@ -1,0 +1,85 @@
+"""Deployment knobs for ``turnout serve``: where the bundle is, how models are backed, resources.
+
+Relative paths in the YAML resolve against the YAML file's directory, so a config works from any
+working directory. Defaults fit a 2-CPU machine: fractional CPUs for every replica.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from router.config import Preference, _Frozen, load_yaml, validate_config
+
+
+class SimulatedBackend(_Frozen):
+    """SIMULATED models (labelled as such in every response): latency and quality from the world."""
+
+    kind: Literal["simulated"] = "simulated"
+    world: str = "world.yaml"
+    time_scale: float = Field(default=0.02, gt=0, le=10, description="wall seconds per simulated second")
+    seed: int = 0
+
+
+class OpenAIBackend(_Frozen):
+    """A real OpenAI-compatible upstream (vLLM, hosted APIs): POST {base_url}/chat/completions."""
+
+    kind: Literal["openai"] = "openai"
+    base_url: str
+    api_key_env: str = "OPENAI_API_KEY"
+    upstream_models: dict[str, str] = Field(default_factory=dict, description="turnout model -> upstream model name")
+    timeout_s: float = Field(default=60.0, gt=0)
+
+
+class DeploymentOptions(_Frozen):
+    num_replicas: int = Field(default=1, ge=1)
+    num_cpus: float = Field(default=0.1, ge=0)
+    max_ongoing_requests: int = Field(default=32, ge=1)
+
+
+class GatewayOptions(_Frozen):
+    num_replicas: int = Field(default=1, ge=1)
+    num_cpus: float = Field(default=0.2, ge=0)
+    max_ongoing_requests: int = Field(default=128, ge=1)
+    request_timeout_s: float = Field(default=60.0, gt=0)
+    log_flush_rows: int = Field(default=500, ge=1)
+    log_flush_s: float = Field(default=5.0, gt=0)
+    seed: int = 0
+
+
+class BuildIfMissing(_Frozen):
+    """With no bundle yet, ``turnout serve`` simulates this much traffic and trains one first."""
+
+    world: str = "world.yaml"
+    requests: int = Field(default=4000, ge=200)
+
+
+class ServeConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    bundle: str
+    log_dir: str
+    build_if_missing: BuildIfMissing | None = BuildIfMissing()
+    backend: SimulatedBackend | OpenAIBackend = Field(default_factory=SimulatedBackend, discriminator="kind")
+    models: DeploymentOptions = DeploymentOptions()
+    model_overrides: dict[str, DeploymentOptions] = Field(default_factory=dict)
+    gateway: GatewayOptions = GatewayOptions()
+    preference: Preference | None = None
+    epsilon: float | None = Field(default=None, ge=0, le=1)
+    base_dir: str = Field(default=".", description="set by load_serve_config; relative paths resolve here")
+
+    def path(self, value: str) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else (Path(self.base_dir) / p).resolve()
+
+    def deployment(self, model: str) -> DeploymentOptions:
+        return self.model_overrides.get(model, self.models)
+
+
+def load_serve_config(path: str | Path) -> ServeConfig:
+    path = Path(path)
+    data = load_yaml(path)
+    data.setdefault("base_dir", str(path.resolve().parent))
+    return validate_config(data, ServeConfig, source=str(path))

@@ -1,0 +1,95 @@
+"""Evaluation of bundles: classifier quality and latency, and off-policy value of the model policy."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from router.bundle import Bundle
+from router.config import Preference
+from router.decision import Router
+from router.features import featurize
+from router.log_schema import read_logs
+from router.policy import epsilon_greedy_probs, estimate_cost_usd, utilities
+from training.bundle_builder import policy_rows
+from training.ope import OPEBatch, evaluate
+
+
+def classification_report(truth: Sequence[str], pred: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
+    t, p = np.asarray(truth), np.asarray(pred)
+    per_class = {}
+    for c in classes:
+        tp, fp, fn = int(np.sum((p == c) & (t == c))), int(np.sum((p == c) & (t != c))), int(np.sum((p != c) & (t == c)))
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        per_class[c] = {"precision": prec, "recall": rec, "f1": f1, "support": int(np.sum(t == c))}
+    present = [c for c in classes if per_class[c]["support"] > 0]
+    return {"accuracy": float(np.mean(t == p)) if len(t) else 0.0,
+            "macro_f1": float(np.mean([per_class[c]["f1"] for c in present])) if present else 0.0,
+            "per_class": per_class, "n": int(len(t))}
+
+
+def eval_classifier(bundle: Bundle, texts: Sequence[str], labels: Sequence[str], n_latency: int = 500) -> dict[str, Any]:
+    router = Router(bundle)
+    taxonomy = bundle.manifest.router.taxonomy
+    unknown = sorted(set(labels) - set(taxonomy))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not in the bundle taxonomy {list(taxonomy)}")
+    probs = np.concatenate([router.classifier.predict_proba(list(texts[i:i + 1024])) for i in range(0, len(texts), 1024)])
+    pred = [taxonomy[i] for i in probs.argmax(axis=1)]
+    report = classification_report(labels, pred, taxonomy)
+    timings = []
+    for text in list(texts)[:n_latency]:
+        t0 = time.perf_counter()
+        router.classifier.predict_proba([text])
+        timings.append((time.perf_counter() - t0) * 1000.0)
+    report["latency_ms"] = {"p50": float(np.percentile(timings, 50)), "p99": float(np.percentile(timings, 99))}
+    return report
+
+
+def ope_batch(bundle: Bundle, table: pa.Table, preference: Preference | None = None,
+              epsilon: float | None = None) -> OPEBatch:
+    """Target = the bundle's policy (greedy on predicted utility, with its own epsilon) restricted to
+    each logged round's candidates; reward = logged quality."""
+    router = Router(bundle)
+    cfg, pol = bundle.manifest.router, bundle.manifest.policy
+    pref = preference or cfg.preference
+    eps = cfg.exploration.epsilon if epsilon is None else epsilon
+    prompts, turns = table.column("prompt").to_pylist(), table.column("n_turns").to_pylist()
+    probs = router.classifier.predict_proba(prompts)
+    feats = np.stack([featurize(p, pr, t) for p, pr, t in zip(prompts, probs, turns)])
+    q_all = router.reward.predict(feats)
+    rows = zip(table.column("candidates").to_pylist(), table.column("model").to_pylist(),
+               table.column("input_tokens").to_pylist())
+    target_prob, q_logged, q_target = [], [], []
+    for i, (cands, model, tokens) in enumerate(rows):
+        idx = [pol.models.index(m) for m in cands]
+        cost = np.array([estimate_cost_usd(cfg.model(m), tokens, pol.mean_output_tokens[m]) for m in cands])
+        lat = np.array([pol.mean_latency_ms[m] for m in cands])
+        pi = epsilon_greedy_probs(utilities(q_all[i, idx], cost, lat, pref), eps)
+        j = cands.index(model)
+        target_prob.append(pi[j])
+        q_logged.append(q_all[i, idx[j]])
+        q_target.append(float(np.dot(pi, q_all[i, idx])))
+    return OPEBatch(reward=np.array(table.column("quality").to_pylist(), dtype=np.float64),
+                    propensity=np.array(table.column("propensity").to_pylist(), dtype=np.float64),
+                    target_prob=np.array(target_prob), q_logged=np.array(q_logged), q_target=np.array(q_target))
+
+
+def run_ope(bundle: Bundle, logs: str | Path, *, n_bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
+    table = policy_rows(read_logs(logs))
+    table = table.filter(pa.array([p != "fallback" and p != "pinned" for p in table.column("policy").to_pylist()]))
+    if table.num_rows == 0:
+        raise ValueError(f"{logs}: no logged rounds with quality and a model decision to evaluate")
+    b = ope_batch(bundle, table)
+    est = evaluate(b, n_bootstrap=n_bootstrap, seed=seed)
+    return {"n": int(table.num_rows), "logged_policy_value": float(np.mean(b.reward)),
+            "effective_sample_size": float(b.weight.sum() ** 2 / max(float((b.weight ** 2).sum()), 1e-12)),
+            "estimates": {k: {"value": v.value, "ci95": [v.low, v.high]} for k, v in est.items()},
+            "bundle_version": bundle.version}

@@ -1,0 +1,4 @@
+from turnout.cli import main
+import sys
+
+sys.exit(main())

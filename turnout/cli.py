@@ -1,0 +1,226 @@
+"""The ``turnout`` command. Heavy imports happen inside each command so ``--help`` is instant.
+
+Errors that are the user's (bad config, bad bundle, bad data) print one clear message and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from router.errors import RouterError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _emit(obj: object, out: str | None = None) -> None:
+    text = json.dumps(obj, indent=2, default=str)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n", encoding="utf-8")
+    print(text)
+
+
+def cmd_data_convert(a: argparse.Namespace) -> int:
+    from training.adapters import convert
+
+    kw = {"seed": a.seed, "limit": a.limit}
+    _emit(convert(a.source, Path(a.in_path), Path(a.out_path), **kw))
+    return 0
+
+
+def cmd_data_schema(a: argparse.Namespace) -> int:
+    from router.log_schema import schema_markdown
+
+    print(schema_markdown())
+    return 0
+
+
+def cmd_data_validate(a: argparse.Namespace) -> int:
+    from router.log_schema import read_logs
+
+    t = read_logs(a.logs)
+    print(f"{a.logs}: {t.num_rows} valid records")
+    return 0
+
+
+def cmd_simulate(a: argparse.Namespace) -> int:
+    from training.simulator import write_simulation
+    from training.world import load_world
+
+    _emit(write_simulation(load_world(a.config), a.requests, a.out, seed=a.seed, progress=not a.quiet))
+    return 0
+
+
+def cmd_train_bundle(a: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from router.config import RouterConfig, load_config
+    from training.bundle_builder import build_bundle
+
+    console = Console(stderr=True)
+    bundle = build_bundle(a.logs, load_config(a.config, RouterConfig), a.out, labelled=[Path(p) for p in a.labelled],
+                          seed=a.seed, bundle_version=a.version, step=lambda m: console.log(m))
+    _emit({"bundle": str(bundle.path), "bundle_version": bundle.version, "metrics": bundle.manifest.metrics})
+    return 0
+
+
+def cmd_ope(a: argparse.Namespace) -> int:
+    from router.bundle import load_bundle
+    from training.evaluation import run_ope
+
+    report = run_ope(load_bundle(a.bundle), a.logs, n_bootstrap=a.bootstrap, seed=a.seed)
+    _emit(report, a.out)
+    return 0
+
+
+def cmd_eval_classifier(a: argparse.Namespace) -> int:
+    from router.bundle import load_bundle
+    from training.evaluation import eval_classifier
+    from training.formats import read_jsonl
+
+    rows = read_jsonl(a.data, "labelled")
+    report = eval_classifier(load_bundle(a.bundle), [r.text for r in rows], [r.category for r in rows])
+    _emit(report, a.out)
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    import time
+
+    from serving import launcher
+    from serving.config import load_serve_config
+
+    cfg = load_serve_config(a.config)
+    if a.port:
+        cfg = cfg.model_copy(update={"port": a.port})
+    launcher.ensure_bundle(cfg)
+    url = launcher.start(cfg, quiet=False)
+    print(f"turnout is serving at {url}/v1/chat/completions (Ctrl-C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping: draining requests and flushing decision logs", flush=True)
+    finally:
+        launcher.stop()
+    return 0
+
+
+def cmd_replay(a: argparse.Namespace) -> int:
+    from serving.replay import load_requests, print_summary, replay
+
+    bodies = load_requests(a.requests, a.limit)
+    result = asyncio.run(replay(a.url, bodies, concurrency=a.concurrency, progress=not a.quiet))
+    summary = result.summary()
+    print_summary(summary)
+    if a.json:
+        _emit(summary, a.json)
+    return 0 if summary["ok"] == summary["requests"] else 1
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from turnout.demo import run_demo
+
+    out = run_demo(requests=a.requests, train_requests=a.train_requests, workdir=a.workdir, port=a.port,
+                   concurrency=a.concurrency)
+    if a.json:
+        _emit(out, a.json)
+    return 0 if out["summary"]["ok"] == out["summary"]["requests"] else 1  # type: ignore[index]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="turnout", description="Learned query router and load balancer for LLM traffic.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="convert public datasets; inspect and validate logs")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    conv = dsub.add_parser("convert", help="turn a public dataset into turnout's JSONL formats")
+    conv.add_argument("source", help="routerbench | routellm | clinc150 | mooncake | ragpulse | servegen | sharegpt")
+    conv.add_argument("--in", dest="in_path", required=True, help="input file or directory (see the source's SOURCE.md)")
+    conv.add_argument("--out", dest="out_path", required=True, help="output file or directory")
+    conv.add_argument("--seed", type=int, default=0)
+    conv.add_argument("--limit", type=int, default=None, help="convert at most this many rows")
+    conv.set_defaults(func=cmd_data_convert)
+    dsub.add_parser("schema", help="print the logged-traffic schema").set_defaults(func=cmd_data_schema)
+    val = dsub.add_parser("validate", help="validate Parquet logs against the schema")
+    val.add_argument("logs")
+    val.set_defaults(func=cmd_data_validate)
+
+    sim = sub.add_parser("simulate", help="simulate logged traffic from a world config")
+    sim.add_argument("--config", default="configs/world.yaml")
+    sim.add_argument("--requests", type=int, default=4000)
+    sim.add_argument("--out", required=True)
+    sim.add_argument("--seed", type=int, default=None, help="default: the world's seed")
+    sim.add_argument("--quiet", action="store_true")
+    sim.set_defaults(func=cmd_simulate)
+
+    train = sub.add_parser("train", help="fit models on logs and export a bundle")
+    tsub = train.add_subparsers(dest="train_command", required=True, metavar="WHAT")
+    tb = tsub.add_parser("bundle", help="classifier + policy + cache policy -> bundle directory")
+    tb.add_argument("--logs", required=True, help="directory of Parquet log shards")
+    tb.add_argument("--config", default="configs/router.yaml", help="router config (taxonomy, catalogue, routes)")
+    tb.add_argument("--out", required=True, help="bundle directory to write")
+    tb.add_argument("--labelled", action="append", default=[], help="extra labelled prompts JSONL (repeatable)")
+    tb.add_argument("--seed", type=int, default=0)
+    tb.add_argument("--version", default=None, help="bundle_version (default: UTC timestamp)")
+    tb.set_defaults(func=cmd_train_bundle)
+
+    ope = sub.add_parser("ope", help="off-policy evaluation of a bundle's policy on logged traffic")
+    ope.add_argument("--logs", required=True)
+    ope.add_argument("--bundle", required=True)
+    ope.add_argument("--json", action="store_true", help="print JSON (the default and only format for now)")
+    ope.add_argument("--out", default=None, help="also write the JSON report here")
+    ope.add_argument("--bootstrap", type=int, default=200)
+    ope.add_argument("--seed", type=int, default=0)
+    ope.set_defaults(func=cmd_ope)
+
+    ev = sub.add_parser("eval", help="evaluate a bundle")
+    esub = ev.add_subparsers(dest="eval_command", required=True, metavar="WHAT")
+    ec = esub.add_parser("classifier", help="accuracy, macro-F1, per-class and latency on labelled prompts")
+    ec.add_argument("--bundle", required=True)
+    ec.add_argument("--data", required=True, help='labelled JSONL: {"text", "category"}')
+    ec.add_argument("--json", action="store_true")
+    ec.add_argument("--out", default=None)
+    ec.set_defaults(func=cmd_eval_classifier)
+
+    sv = sub.add_parser("serve", help="run the Ray Serve application")
+    sv.add_argument("--config", default="configs/serve.yaml")
+    sv.add_argument("--port", type=int, default=None)
+    sv.set_defaults(func=cmd_serve)
+
+    rp = sub.add_parser("replay", help="send requests to a running gateway and summarise")
+    rp.add_argument("--url", default="http://127.0.0.1:8000")
+    rp.add_argument("--requests", required=True, help="JSONL of chat bodies or {\"text\"} prompts")
+    rp.add_argument("--limit", type=int, default=None)
+    rp.add_argument("--concurrency", type=int, default=8)
+    rp.add_argument("--json", default=None, help="write the summary JSON here")
+    rp.add_argument("--quiet", action="store_true")
+    rp.set_defaults(func=cmd_replay)
+
+    dm = sub.add_parser("demo", help="simulate, train, serve and replay end to end (simulated models)")
+    dm.add_argument("--requests", type=int, default=300, help="requests to replay over HTTP")
+    dm.add_argument("--train-requests", type=int, default=4000, help="simulated logged requests to train on")
+    dm.add_argument("--workdir", default=None, help="default: a new temp directory")
+    dm.add_argument("--port", type=int, default=None, help="default: a free port")
+    dm.add_argument("--concurrency", type=int, default=8)
+    dm.add_argument("--json", default=None, help="write the result JSON here")
+    dm.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (RouterError, ValueError, FileNotFoundError) as e:
+        print(f"turnout: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
