@@ -4,16 +4,18 @@
               -> LLM_<model> deployments (replica chosen by serving.replica_router.Pow2ReplicaRouter)
 
 ``build_app(args)`` is the typed builder used by ``turnout serve`` and by ``serve run``.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: FastAPI must see the real ``Request`` type on the
+ingress methods, which Serve rewrites (a string annotation is resolved as a query parameter -> 422).
+"""
 
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request as HTTPRequest
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from ray import serve
@@ -81,7 +83,7 @@ class Gateway:
         self.handles = {m: h.options(method_name="chat") for m, h in models.items()}
         self.core = GatewayCore(Router(bundle, config=router_cfg), self.log, self._call_model,
                                 preference=cfg.preference, seed=cfg.gateway.seed)
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher: "asyncio.Task[None] | None" = None
 
     async def _call_model(self, model: str, body: dict[str, Any], category: str) -> ModelReply:
         try:
@@ -106,7 +108,7 @@ class Gateway:
             await asyncio.to_thread(self.log.flush_if_due)
 
     @api.post("/v1/chat/completions")
-    async def chat_completions(self, request: HTTPRequest) -> Response:
+    async def chat_completions(self, request: Request) -> Response:
         self._ensure_flusher()
         reply = await self.core.chat(await request.body())
         if reply.stream:
@@ -130,7 +132,7 @@ class Gateway:
         self.log.close()
 
 
-async def _sse(body: dict[str, Any]):  # type: ignore[no-untyped-def]
+async def _sse(body: dict[str, Any]) -> AsyncIterator[str]:
     """Skeleton streaming: the finished answer as one OpenAI ``chat.completion.chunk``."""
     chunk = {"id": body["id"], "object": "chat.completion.chunk", "created": int(time.time()), "model": body["model"],
              "choices": [{"index": 0, "delta": {"role": "assistant", "content": body["choices"][0]["message"]["content"]},

@@ -24,3 +24,28 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def configs_dir() -> Path:
     return REPO / "configs"
+
+
+@pytest.fixture(scope="session")
+def world(configs_dir: Path):  # type: ignore[no-untyped-def]
+    from training.world import load_world
+
+    return load_world(configs_dir / "world.yaml")
+
+
+@pytest.fixture(scope="session")
+def sim_logs(world, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """2,000 simulated logged requests, written once per session."""
+    from training.simulator import write_simulation
+
+    out = tmp_path_factory.mktemp("sim-logs")
+    write_simulation(world, 2000, out, seed=11)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundle(world, sim_logs: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A bundle trained on ``sim_logs``; tests that corrupt bundles must copy it first."""
+    from training.bundle_builder import build_bundle
+
+    return build_bundle(sim_logs, world.router, tmp_path_factory.mktemp("bundles") / "b1", bundle_version="test-1")
