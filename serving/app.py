@@ -44,6 +44,17 @@ def _replica_name() -> str:
     return f"{ctx.deployment}#{ctx.replica_id.unique_id}"
 
 
+# Helpers the deployments call must be defined above them: Serve serialises the classes when
+# they are decorated, capturing only globals that already exist.
+async def _sse(body: dict[str, Any]) -> AsyncIterator[str]:
+    """Skeleton streaming: the finished answer as one OpenAI ``chat.completion.chunk``."""
+    chunk = {"id": body["id"], "object": "chat.completion.chunk", "created": int(time.time()), "model": body["model"],
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": body["choices"][0]["message"]["content"]},
+                          "finish_reason": "stop"}], "turnout": body["turnout"]}
+    yield f"data: {json.dumps(chunk)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, logging_config=QUIET_LOGS)
 class ModelServer:
     """One model's replica. With the simulated backend, answers are SIMULATED (labelled in the reply)."""
@@ -130,15 +141,6 @@ class Gateway:
 
     def __del__(self) -> None:
         self.log.close()
-
-
-async def _sse(body: dict[str, Any]) -> AsyncIterator[str]:
-    """Skeleton streaming: the finished answer as one OpenAI ``chat.completion.chunk``."""
-    chunk = {"id": body["id"], "object": "chat.completion.chunk", "created": int(time.time()), "model": body["model"],
-             "choices": [{"index": 0, "delta": {"role": "assistant", "content": body["choices"][0]["message"]["content"]},
-                          "finish_reason": "stop"}], "turnout": body["turnout"]}
-    yield f"data: {json.dumps(chunk)}\n\n"
-    yield "data: [DONE]\n\n"
 
 
 def build_app(args: AppArgs | dict[str, Any]) -> serve.Application:

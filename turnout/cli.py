@@ -28,9 +28,20 @@ def _emit(obj: object, out: str | None = None) -> None:
 def cmd_data_convert(a: argparse.Namespace) -> int:
     from training.adapters import convert
 
-    kw = {"seed": a.seed, "limit": a.limit}
+    kw: dict[str, object] = {"seed": a.seed, "limit": a.limit, **dict(_parse_option(o) for o in a.option)}
     _emit(convert(a.source, Path(a.in_path), Path(a.out_path), **kw))
     return 0
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    """``k=v`` with v parsed as JSON when it can be (numbers, true/false), else kept as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--option expects KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def cmd_data_schema(a: argparse.Namespace) -> int:
@@ -145,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--out", dest="out_path", required=True, help="output file or directory")
     conv.add_argument("--seed", type=int, default=0)
     conv.add_argument("--limit", type=int, default=None, help="convert at most this many rows")
+    conv.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                      help="source-specific option, e.g. keep_other=true (clinc150), duration_s=3600 (servegen)")
     conv.set_defaults(func=cmd_data_convert)
     dsub.add_parser("schema", help="print the logged-traffic schema").set_defaults(func=cmd_data_schema)
     val = dsub.add_parser("validate", help="validate Parquet logs against the schema")
