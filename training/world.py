@@ -75,13 +75,13 @@ def _check_world(cfg: WorldConfig, router: RouterConfig, source: str) -> None:
     problems = []
     for c in cfg.categories:
         if c not in router.taxonomy:
-            problems.append(f"categories.{c}: unknown category; the router taxonomy is {list(router.taxonomy)}")
+            problems.append(f"categories.{c}: unknown category {c!r}; the router taxonomy is {list(router.taxonomy)}")
     for c in router.taxonomy:
         if c not in cfg.categories:
             problems.append(f"categories: taxonomy category {c!r} has no world entry")
     for m, mw in cfg.models.items():
         if m not in router.model_names:
-            problems.append(f"models.{m}: unknown model; the router catalogue is {list(router.model_names)}")
+            problems.append(f"models.{m}: unknown model {m!r}; the router catalogue is {list(router.model_names)}")
         for c in router.taxonomy:
             if c not in mw.skill:
                 problems.append(f"models.{m}.skill: no skill for category {c!r}")

@@ -1,0 +1,71 @@
+"""The ``turnout`` command: every subcommand has --help, the offline commands work, errors exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from turnout.cli import main
+
+SUBCOMMANDS = [[], ["data"], ["data", "convert"], ["data", "schema"], ["data", "validate"], ["simulate"], ["train"],
+               ["train", "bundle"], ["ope"], ["eval"], ["eval", "classifier"], ["serve"], ["replay"], ["demo"]]
+
+
+@pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "turnout")
+def test_every_command_has_help(words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main([*words, "--help"])
+    assert e.value.code == 0
+    assert "usage: turnout" in capsys.readouterr().out
+
+
+def test_simulate_train_ope_eval(configs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    logs, bundle = tmp_path / "logs", tmp_path / "bundle"
+    assert main(["simulate", "--config", str(configs_dir / "world.yaml"), "--requests", "900", "--out", str(logs),
+                 "--quiet"]) == 0
+    assert main(["train", "bundle", "--logs", str(logs), "--config", str(configs_dir / "router.yaml"),
+                 "--out", str(bundle), "--version", "cli-test"]) == 0
+    capsys.readouterr()
+    assert main(["ope", "--logs", str(logs), "--bundle", str(bundle), "--json", "--bootstrap", "20",
+                 "--out", str(tmp_path / "ope.json")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bundle_version"] == "cli-test" and set(report["estimates"]) == {"ips", "snips", "dm", "dr"}
+    assert json.loads((tmp_path / "ope.json").read_text()) == report
+
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text("\n".join(json.dumps(r) for r in [
+        {"text": "write a bash script that renames every .txt file", "category": "code"},
+        {"text": "Translate 'thank you very much' into Italian", "category": "translation"},
+        {"text": "what is 15% of 80?", "category": "math"}]) + "\n")
+    assert main(["eval", "classifier", "--bundle", str(bundle), "--data", str(labelled), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert {"accuracy", "macro_f1", "per_class", "latency_ms", "n"} <= set(ev) and ev["n"] == 3
+    assert main(["data", "validate", str(logs)]) == 0
+
+
+def test_data_schema_lists_every_field(capsys: pytest.CaptureFixture[str]) -> None:
+    from router.log_schema import FIELD_NAMES
+
+    assert main(["data", "schema"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"`{name}`" in out for name in FIELD_NAMES)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "bundle", "--logs", "{tmp}/nope", "--out", "{tmp}/b"], "no Parquet shards"),
+    (["train", "bundle", "--logs", "{tmp}", "--config", "{tmp}/missing.yaml", "--out", "{tmp}/b"], "config file not found"),
+    (["ope", "--logs", "{tmp}", "--bundle", "{tmp}/no-bundle"], "bundle directory not found"),
+    (["simulate", "--config", "{tmp}/bad.yaml", "--out", "{tmp}/o"], "unknown model 'gpt-9'"),
+    (["data", "convert", "routerbnch", "--in", "{tmp}", "--out", "{tmp}/o"], "Did you mean 'routerbench'"),
+    (["data", "convert", "clinc150", "--in", "{tmp}", "--out", "{tmp}/o", "--option", "novalue"], "KEY=VALUE"),
+])
+def test_user_errors_exit_2_with_a_clear_message(argv: list[str], message: str, tmp_path: Path, configs_dir: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.yaml").write_text(
+        (configs_dir / "world.yaml").read_text().replace("router_config: router.yaml",
+                                                          f"router_config: {configs_dir / 'router.yaml'}")
+        .replace("  large:\n", "  gpt-9:\n"))
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    assert message in capsys.readouterr().err
