@@ -165,11 +165,14 @@ def write_bundle(
         metrics=metrics or {},
     )
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    for name, data in files.items():
-        (tmp / name).write_bytes(data)
-    (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
-    load_bundle(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+        load_bundle(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful replace
     return load_bundle(out_dir)

@@ -73,13 +73,15 @@ class RouterConfig(_Frozen):
 
     @model_validator(mode="after")
     def _check_names(self) -> RouterConfig:
-        names = [m.name for m in self.models]
-        _require_unique("models", names)
-        _require_unique("taxonomy", list(self.taxonomy))
-        _require_known("fallback_model", [self.fallback_model], names, "model")
-        _require_known("routes", list(self.routes), list(self.taxonomy), "category")
+        """Cross-references between sections; every problem is reported, not just the first."""
+        names, taxonomy = [m.name for m in self.models], list(self.taxonomy)
+        problems = _duplicates("models", names) + _duplicates("taxonomy", taxonomy)
+        problems += _unknown("fallback_model", [self.fallback_model], names, "model")
+        problems += _unknown("routes", list(self.routes), taxonomy, "category")
         for category, route in self.routes.items():
-            _require_known(f"routes.{category}.models", list(route.models), names, "model")
+            problems += _unknown(f"routes.{category}.models", list(route.models), names, "model")
+        if problems:
+            raise CrossReferenceErrors(problems)
         return self
 
     @property
@@ -98,16 +100,24 @@ class RouterConfig(_Frozen):
         return route.cache_tier if route else "skip"
 
 
-def _require_unique(field: str, values: list[str]) -> None:
+class CrossReferenceErrors(ValueError):
+    """Several ``"loc: msg"`` problems found by one validator; ``validate_config`` prints one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+_PLURAL = {"model": "models", "category": "categories"}
+
+
+def _duplicates(field: str, values: list[str]) -> list[str]:
     dupes = sorted({v for v in values if values.count(v) > 1})
-    if dupes:
-        raise ValueError(f"{field}: duplicate names {dupes}")
+    return [f"{field}: duplicate names {dupes}"] if dupes else []
 
 
-def _require_known(field: str, values: list[str], known: list[str], what: str) -> None:
-    for value in values:
-        if value not in known:
-            raise ValueError(f"{field}: unknown {what} {value!r}; known {what}s: {', '.join(known)}")
+def _unknown(field: str, values: list[str], known: list[str], what: str) -> list[str]:
+    return [f"{field}: unknown {what} {v!r}; known {_PLURAL[what]}: {', '.join(known)}" for v in values if v not in known]
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -132,7 +142,13 @@ def validate_config(data: object, model: type[M], source: str = "config") -> M:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        lines = [f"  {'.'.join(str(p) for p in err['loc']) or '<root>'} -> {err['msg']}" for err in e.errors()]
+        lines = []
+        for err in e.errors():
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, CrossReferenceErrors):
+                lines += [f"  {p.replace(': ', ' -> ', 1)}" for p in cause.problems]
+            else:
+                lines.append(f"  {'.'.join(str(p) for p in err['loc']) or '<root>'} -> {err['msg']}")
         raise ConfigError(f"{source}: invalid {model.__name__}:\n" + "\n".join(lines)) from e
 
 
