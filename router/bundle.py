@@ -165,6 +165,7 @@ def write_bundle(
         metrics=metrics or {},
     )
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700; serving processes may run as another user
     try:
         for name, data in files.items():
             (tmp / name).write_bytes(data)

@@ -69,15 +69,22 @@ class Router:
                preference: Preference | None = None) -> Decision:
         t0 = time.perf_counter()
         cfg = self.config
-        probs = self.classifier.predict_proba([request.prompt])[0]
-        top = int(np.argmax(probs))
+        try:
+            probs = self.classifier.predict_proba([request.prompt])[0]
+            if not np.all(np.isfinite(probs)):
+                raise ValueError("classifier returned non-finite probabilities")
+        except Exception:  # an unusable classifier output: route safely, count it
+            self.n_fallbacks += 1
+            probs = np.full(len(cfg.taxonomy), np.nan, dtype=np.float32)
+        top = int(np.nanargmax(probs)) if np.isfinite(probs).any() else 0
         category, confidence = cfg.taxonomy[top], float(probs[top])
-        features = featurize(request.prompt, probs, request.n_turns)
-        fallback = confidence < cfg.min_confidence
+        features = featurize(request.prompt, np.nan_to_num(probs), request.n_turns)
+        fallback = not confidence >= cfg.min_confidence  # NaN confidence -> fallback
         tier: CacheTier = "skip" if fallback else self.cache.policy.for_category(category).tier
         hit = self.cache.lookup(request.tenant, category, tier, request.conversation, now_s)
-        common = dict(request_id=request.request_id, category=category, category_probs=tuple(map(float, probs)),
-                      confidence=confidence, fallback=fallback, cache_tier=tier, cache_hit=hit,
+        common = dict(request_id=request.request_id, category=category,
+                      category_probs=tuple(map(float, np.nan_to_num(probs))),
+                      confidence=float(np.nan_to_num(confidence)), fallback=fallback, cache_tier=tier, cache_hit=hit,
                       features=tuple(map(float, features)), bundle_version=self.version)
         if hit is not None:
             return Decision(**common, model=hit.model, candidates=(hit.model,), action_probs=(1.0,), propensity=1.0,
@@ -100,6 +107,8 @@ class Router:
                 rng: np.random.Generator, pref: Preference) -> Decision:
         cfg, pol = self.config, self.bundle.manifest.policy
         quality = self.reward.predict(features)[0]
+        if not np.all(np.isfinite(quality)):
+            raise ValueError("reward model returned non-finite quality")
         allowed = [m for m in cfg.allowed_models(category) if m in pol.models]
         idx = [pol.models.index(m) for m in allowed]
         cost = np.array([estimate_cost_usd(cfg.model(m), request.input_tokens, pol.mean_output_tokens[m]) for m in allowed])

@@ -126,16 +126,16 @@ def validate_table(table: pa.Table, source: str = "logs") -> pa.Table:
     if missing:
         raise LogSchemaError(f"{source}: missing field(s) {missing}; expected the fields of router.log_schema.FIELDS")
     table = table.select(list(FIELD_NAMES))
+    for f in FIELDS:
+        if not f.nullable and table.column(f.name).null_count:
+            row = table.column(f.name).to_pylist().index(None)
+            raise LogSchemaError(f"{source}: row {row}: field '{f.name}' is null; it is required")
     try:
         table = table.cast(SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         bad = next((f for f in FIELDS if not _castable(table.column(f.name), f.type)), None)
         where = f"field '{bad.name}' has type {table.schema.field(bad.name).type}, expected {bad.type}" if bad else str(e)
         raise LogSchemaError(f"{source}: {where}") from e
-    for f in FIELDS:
-        if not f.nullable and table.column(f.name).null_count:
-            row = table.column(f.name).to_pylist().index(None)
-            raise LogSchemaError(f"{source}: row {row}: field '{f.name}' is null; it is required")
     _check_rows(table, source)
     return table
 

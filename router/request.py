@@ -77,9 +77,26 @@ def _parse_message(i: int, m: Any) -> Message:
     if role not in ROLES:
         raise RequestError(f"{where}.role must be one of {', '.join(ROLES)}; got {role!r}", field=f"{where}.role")
     if isinstance(content, list):  # OpenAI content parts: keep the text parts
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        content = "".join(_text_parts(where, content))
     if not isinstance(content, str):
         raise RequestError(f"{where}.content must be a string; got {type(content).__name__}", field=f"{where}.content")
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError as e:  # e.g. an escaped lone surrogate "\ud800": valid JSON, not valid text
+        raise RequestError(f"{where}.content is not valid Unicode text at character {e.start}",
+                           field=f"{where}.content") from e
     if role == "user" and not content.strip():
         raise RequestError(f"{where}.content is empty", field=f"{where}.content")
     return Message(role=role, content=content)
+
+
+def _text_parts(where: str, parts: list[Any]) -> list[str]:
+    texts = []
+    for j, part in enumerate(parts):
+        if isinstance(part, dict) and part.get("type") == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise RequestError(f"{where}.content[{j}].text must be a string; got {type(text).__name__}",
+                                   field=f"{where}.content[{j}].text")
+            texts.append(text)
+    return texts

@@ -110,9 +110,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
     if a.port:
         cfg = cfg.model_copy(update={"port": a.port})
     launcher.ensure_bundle(cfg)
-    url = launcher.start(cfg, quiet=False)
-    print(f"turnout is serving at {url}/v1/chat/completions (Ctrl-C to stop)", flush=True)
     try:
+        url = launcher.start(cfg, quiet=False)
+        print(f"turnout is serving at {url}/v1/chat/completions (Ctrl-C to stop)", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

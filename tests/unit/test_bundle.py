@@ -202,8 +202,6 @@ def test_failed_write_keeps_the_previous_bundle(bundle: Bundle, tmp_path: Path) 
     assert load_bundle(out).version == "v1"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: write_bundle leaves its mkdtemp directory (.<name>-XXXX) beside the "
-                                        "bundle when verifying the new bundle fails")
 def test_failed_write_leaves_no_temp_directory(bundle: Bundle, tmp_path: Path) -> None:
     out = tmp_path / "live"
     m = bundle.manifest

@@ -91,19 +91,24 @@ def _bad_cache_tier(d: dict[str, Any]) -> None:
     d["routes"]["chat"]["cache_tier"] = "fuzzy"
 
 
+def _duplicate_category(d: dict[str, Any]) -> None:
+    d["taxonomy"].append("math")
+
+
 def _empty_taxonomy(d: dict[str, Any]) -> None:
     d["taxonomy"] = []
 
 
 INVALID = [
     # (id, mutation, loc, message regex)
-    ("unknown-route-model", _unknown_route_model, "<root>",
-     r"routes\.chat\.models: unknown model 'huge'; known models: small, medium, large"),
-    ("unknown-route-category", _unknown_route_category, "<root>",
-     r"routes: unknown category 'poetry'; known categor\w+: code, math, writing, knowledge, chat, translation"),
-    ("unknown-fallback", _unknown_fallback, "<root>",
-     r"fallback_model: unknown model 'gigantic'; known models: small, medium, large"),
-    ("duplicate-model", _duplicate_model, "<root>", r"models: duplicate names \['small'\]"),
+    ("unknown-route-model", _unknown_route_model, "routes.chat.models",
+     r"unknown model 'huge'; known models: small, medium, large$"),
+    ("unknown-route-category", _unknown_route_category, "routes",
+     r"unknown category 'poetry'; known categories: code, math, writing, knowledge, chat, translation$"),
+    ("unknown-fallback", _unknown_fallback, "fallback_model",
+     r"unknown model 'gigantic'; known models: small, medium, large$"),
+    ("duplicate-model", _duplicate_model, "models", r"duplicate names \['small'\]$"),
+    ("duplicate-category", _duplicate_category, "taxonomy", r"duplicate names \['math'\]$"),
     ("extra-key", _extra_key, "colour", r"Extra inputs are not permitted"),
     ("epsilon-above-1", _epsilon_high, "exploration.epsilon", r"less than or equal to 1"),
     ("epsilon-below-0", _epsilon_negative, "exploration.epsilon", r"greater than or equal to 0"),
@@ -138,26 +143,31 @@ def test_one_line_per_field_problem(router_yaml: dict[str, Any]) -> None:
     assert sorted(ln.split(" -> ")[0] for ln in lines) == ["colour", "exploration.epsilon", "min_confidence"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RouterConfig._check_names raises on the first cross-reference problem, "
-                                        "so a config with two bad names reports only one (as '<root> -> ...')")
 def test_every_cross_reference_problem_is_reported(router_yaml: dict[str, Any]) -> None:
     data = copy.deepcopy(router_yaml)
     data["fallback_model"] = "gigantic"
     data["routes"]["poetry"] = {}
+    data["routes"]["chat"]["models"] = ["small", "huge", "tiny"]
     with pytest.raises(ConfigError) as exc:
         validate_config(data, RouterConfig, source="inline")
-    lines = _problem_lines(str(exc.value))
-    assert len(lines) == 2, str(exc.value)
-    assert any("gigantic" in ln for ln in lines) and any("poetry" in ln for ln in lines)
+    known_models = "known models: small, medium, large"
+    assert _problem_lines(str(exc.value)) == [
+        f"fallback_model -> unknown model 'gigantic'; {known_models}",
+        "routes -> unknown category 'poetry'; known categories: code, math, writing, knowledge, chat, translation",
+        f"routes.chat.models -> unknown model 'huge'; {known_models}",
+        f"routes.chat.models -> unknown model 'tiny'; {known_models}",
+    ]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: router/config.py _require_known pluralises with f'{what}s' -> "
-                                        "'known categorys'")
-def test_unknown_category_message_is_plural_english(router_yaml: dict[str, Any]) -> None:
+def test_field_and_cross_reference_problems_together(router_yaml: dict[str, Any]) -> None:
     data = copy.deepcopy(router_yaml)
-    _unknown_route_category(data)
-    with pytest.raises(ConfigError, match="known categories: code"):
-        validate_config(data, RouterConfig)
+    data["fallback_model"] = "gigantic"
+    data["colour"] = "red"
+    with pytest.raises(ConfigError) as exc:
+        validate_config(data, RouterConfig, source="inline")
+    # a field error stops pydantic before the cross-reference validator runs: the field error is reported
+    lines = _problem_lines(str(exc.value))
+    assert "colour -> Extra inputs are not permitted" in lines
 
 
 # --- file-level problems ------------------------------------------------------------------------
@@ -227,7 +237,7 @@ def test_world_with_a_model_outside_the_catalogue(tmp_path: Path, configs_dir: P
     message = str(exc.value)
     assert message.splitlines()[0] == f"{path}: world and router config disagree:"
     assert _problem_lines(message) == [
-        "models.huge: unknown model; the router catalogue is ['small', 'medium', 'large']"]
+        "models.huge: unknown model 'huge'; the router catalogue is ['small', 'medium', 'large']"]
 
 
 def test_world_missing_a_catalogue_model_and_a_category(tmp_path: Path, configs_dir: Path) -> None:

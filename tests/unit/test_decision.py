@@ -194,27 +194,18 @@ def test_scoring_failure_falls_back(router: Router) -> None:
         assert d.category in ("code", "chat")  # the classification is still reported
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: NaN predicted quality is not treated as a scoring failure: "
-                                        "utilities are NaN, np.argmax picks index 0 and the cheapest model "
-                                        "('small') is chosen with policy epsilon_greedy")
 def test_nan_quality_is_a_scoring_failure(router: Router) -> None:
     router.reward = NanReward()  # type: ignore[assignment]
     d = router.decide(_req(CLEAR_PROMPTS["code"][0]), now_s=0.0, rng=np.random.default_rng(0))
     assert (d.model, d.policy, router.n_fallbacks) == ("large", "fallback", 1)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: NaN classifier confidence bypasses the fallback (NaN < min_confidence "
-                                        "is False), so the request is routed by the policy instead of to the "
-                                        "fallback model")
 def test_nan_confidence_takes_the_fallback(router: Router) -> None:
     router.classifier = NanClassifier(len(router.config.taxonomy))  # type: ignore[assignment]
     d = router.decide(_req(CLEAR_PROMPTS["code"][0]), now_s=0.0, rng=np.random.default_rng(0))
     assert (d.model, d.policy, d.fallback) == ("large", "fallback", True)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="BUG: a classifier failure propagates out of Router.decide (the classifier call is outside "
-                          "the try), although the module promises the request path never raises for a model problem")
 def test_classifier_failure_falls_back(router: Router) -> None:
     router.classifier = RaisingClassifier()  # type: ignore[assignment]
     d = router.decide(_req(CLEAR_PROMPTS["code"][0]), now_s=0.0, rng=np.random.default_rng(0))

@@ -157,10 +157,6 @@ def _with_null(name: str, row: int) -> pa.Table:
     return table.set_column(table.schema.get_field_index(name), field, pa.array(values, field.type))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG: validate_table casts to SCHEMA (non-nullable fields) before its null check; pyarrow "
-                          "raises a plain ValueError 'Casting field ... with null values to non-nullable' that the "
-                          "except clause (ArrowInvalid/ArrowNotImplementedError) does not catch")
 @pytest.mark.parametrize("name", ["prompt", "input_tokens", "propensity"])
 def test_null_in_required_field(name: str) -> None:
     table = _with_null(name, 2)
@@ -168,9 +164,6 @@ def test_null_in_required_field(name: str) -> None:
         validate_table(table)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG: a shard with a null in a required column makes read_logs raise a raw ValueError "
-                          "instead of LogSchemaError (same cause as test_null_in_required_field)")
 def test_read_logs_with_a_null_in_a_required_field(tmp_path: Path) -> None:
     pq.write_table(_with_null("model", 1), tmp_path / "part-0.parquet")
     with pytest.raises(LogSchemaError, match="row 1: field 'model' is null"):

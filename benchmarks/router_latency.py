@@ -1,0 +1,268 @@
+"""Single-request latency of the router's hot path, with the native scikit-learn classifier as baseline.
+
+Simulates logged traffic from ``configs/world.yaml``, builds a bundle in a temporary directory, then
+times one call at a time on one thread, after a warm-up:
+
+* ``clf_onnx``     ``router.classifier.predict_proba([text])`` (the exported TF-IDF + LR graph);
+* ``clf_native``   the same pipeline in scikit-learn (``CategoryTrainer`` refit on the same labelled
+                   prompts with the same seed; the baseline the ONNX export is meant to beat);
+* ``featurize``    ``router.features.featurize`` alone (a Python loop over the prompt's characters);
+* ``reward_onnx``  ``router.reward.predict`` on one feature vector (``policy.onnx``);
+* ``decide``       the full ``Router.decide`` (cache tier forced to ``skip`` by an empty cache policy).
+
+The operations are **interleaved call by call** (rotating order) so that the noise of this shared
+2-core box hits every operation alike; speed claims are the ratios, measured in the same run.
+Prompts come from ``training.prompts.generate_prompt`` via ``generate_requests`` (a seed distinct
+from the training logs). The generator never writes prompts over ~900 characters, so the ``long``
+bucket (> 2000 chars) concatenates same-category prompts, like a pasted document, up to 2-8k chars.
+
+    python benchmarks/router_latency.py [--quick]   ->  benchmarks/results/router_latency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import CONFIGS, console, environment, table, write_json  # noqa: E402
+
+from router.cache import CachePolicy, ResponseCache  # noqa: E402
+from router.decision import Router  # noqa: E402
+from router.features import featurize  # noqa: E402
+from router.log_schema import read_logs  # noqa: E402
+from router.request import Message, Request  # noqa: E402
+from training.bundle_builder import build_bundle, labelled_from_logs  # noqa: E402
+from training.classifier import CategoryTrainer  # noqa: E402
+from training.prompts import generate_prompt  # noqa: E402
+from training.simulator import write_simulation  # noqa: E402
+from training.world import World, generate_requests, load_world  # noqa: E402
+
+SHORT_MAX, LONG_MIN = 200, 2000
+N_BLOCKS = 10
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller simulation and fewer calls (< 30 s)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--world", default=str(CONFIGS / "world.yaml"))
+    args = ap.parse_args(argv)
+    n_logs = 1000 if args.quick else 4000
+    n_mix = 400 if args.quick else 3000
+    n_bucket = 150 if args.quick else 1000
+    n_warm = 50 if args.quick else 200
+    t_start = time.perf_counter()
+
+    world = load_world(args.world)
+    with tempfile.TemporaryDirectory(prefix="turnout-bench-") as tmp:
+        logs, out = Path(tmp) / "logs", Path(tmp) / "bundle"
+        with console.status(f"simulating {n_logs} requests and building a bundle"):
+            write_simulation(world, n_logs, logs, seed=args.seed)
+            bundle = build_bundle(logs, world.router, out, seed=args.seed, bundle_version="bench-latency")
+            data = labelled_from_logs(read_logs(logs))
+            native = CategoryTrainer(world.router.taxonomy, seed=args.seed).fit(data.texts, data.labels)
+        # empty cache policy -> every category's tier is "skip": decide() measures routing, not caching
+        router = Router(bundle, cache=ResponseCache(CachePolicy()))
+
+        mix, buckets = _prompts(world, args.seed, n_mix, n_bucket)
+        for prompts in (mix, *buckets.values()):
+            _prepare(router, prompts)
+        parity = _parity(router, native, mix[:500])
+        rng = np.random.default_rng(args.seed)
+        ops = _ops(router, native, rng)
+
+        with console.status(f"timing {len(ops)} operations x {n_mix} interleaved calls (mixed prompts)"):
+            mix_ns = _interleaved(ops, mix, n_mix, n_warm)
+        bucket_ops = {k: ops[k] for k in ("clf_onnx", "clf_native", "featurize", "decide")}
+        bucket_ns: dict[str, dict[str, np.ndarray]] = {}
+        for name, prompts in buckets.items():
+            with console.status(f"timing bucket {name!r}: {len(bucket_ops)} operations x {n_bucket} calls"):
+                bucket_ns[name] = _interleaved(bucket_ops, prompts, n_bucket, n_warm // 2)
+
+    result = _report(mix_ns, bucket_ns, mix, buckets, parity)
+    result.update(
+        benchmark="router_latency",
+        quick=args.quick,
+        seed=args.seed,
+        settings={"simulated_requests": n_logs, "calls_mixed": n_mix, "calls_per_bucket": n_bucket,
+                  "warmup_calls": n_warm, "threads": 1, "interleaved": True, "cache": "skip (empty CachePolicy)",
+                  "epsilon": world.router.exploration.epsilon,
+                  "buckets_chars": {"short": f"< {SHORT_MAX}", "medium": f"{SHORT_MAX}..{LONG_MIN}",
+                                    "long": f"> {LONG_MIN} (concatenated same-category prompts, 2k-8k)"}},
+        bundle_metrics=bundle.manifest.metrics,
+        environment=environment(),
+        wall_s=round(time.perf_counter() - t_start, 1),
+    )
+    path = write_json("router_latency", result)
+    console.print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path} "
+                  f"in {result['wall_s']} s")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# inputs
+
+
+class Prompt:
+    """One timed input, with everything each operation needs precomputed outside the timer."""
+
+    __slots__ = ("text", "probs", "features", "request")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.request = Request(messages=(Message("user", text),))
+        self.probs: np.ndarray | None = None
+        self.features: np.ndarray | None = None
+
+
+def _prompts(world: World, seed: int, n_mix: int, n_bucket: int) -> tuple[list[Prompt], dict[str, list[Prompt]]]:
+    reqs = generate_requests(world, max(n_mix, 4 * n_bucket), seed=seed + 1000)
+    texts = [r.prompt.text for r in reqs]
+    mix = [Prompt(t) for t in texts[:n_mix]]
+    short = [Prompt(t) for t in texts if len(t) < SHORT_MAX][:n_bucket]
+    medium = [Prompt(t) for t in texts if SHORT_MAX <= len(t) <= LONG_MIN][:n_bucket]
+    rng = np.random.default_rng(seed + 2000)
+    cats = world.router.taxonomy
+    long = []
+    for _ in range(min(n_bucket, 300)):  # 300 distinct long prompts, cycled
+        cat, target = cats[int(rng.integers(len(cats)))], int(rng.integers(LONG_MIN, 8000))
+        parts: list[str] = []
+        while sum(map(len, parts)) + 2 * len(parts) <= target:
+            parts.append(generate_prompt(cat, rng).text)
+        long.append(Prompt("\n\n".join(parts)))
+    return mix, {"short": short, "medium": medium, "long": long}
+
+
+def _prepare(router: Router, prompts: Sequence[Prompt]) -> None:
+    for p in prompts:
+        if p.probs is None:
+            p.probs = router.classifier.predict_proba([p.text])[0]
+            p.features = featurize(p.text, p.probs, p.request.n_turns)
+
+
+def _parity(router: Router, native: CategoryTrainer, prompts: Sequence[Prompt]) -> dict[str, float]:
+    texts = [p.text for p in prompts]
+    a, b = router.classifier.predict_proba(texts), native.predict_proba(texts)
+    return {"n": len(texts), "max_abs_prob_diff": float(np.max(np.abs(a - b))),
+            "argmax_agreement": float(np.mean(a.argmax(1) == b.argmax(1)))}
+
+
+def _ops(router: Router, native: CategoryTrainer, rng: np.random.Generator) -> dict[str, Callable[[Prompt], Any]]:
+    pipe = native._fitted()  # the bare sklearn Pipeline: no wrapper overhead in the baseline
+    return {
+        "clf_onnx": lambda p: router.classifier.predict_proba([p.text]),
+        "clf_native": lambda p: pipe.predict_proba([p.text]),
+        "featurize": lambda p: featurize(p.text, p.probs, 1),
+        "reward_onnx": lambda p: router.reward.predict(p.features),
+        "decide": lambda p: router.decide(p.request, now_s=0.0, rng=rng),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# timing
+
+
+def _interleaved(ops: dict[str, Callable[[Prompt], Any]], prompts: list[Prompt], n: int, warm: int) -> dict[str, np.ndarray]:
+    """Call i runs every op once on prompt i (cycled), in an order rotated by i; returns ns per call."""
+    names = list(ops)
+    fns = [ops[k] for k in names]
+    k = len(fns)
+    for i in range(warm):
+        p = prompts[i % len(prompts)]
+        for f in fns:
+            f(p)
+    out = np.empty((k, n), dtype=np.int64)
+    clock = time.perf_counter_ns
+    gc.collect()
+    for i in range(n):
+        p = prompts[i % len(prompts)]
+        for j in range(k):
+            o = (i + j) % k
+            t0 = clock()
+            fns[o](p)
+            out[o, i] = clock() - t0
+    return {name: out[j] for j, name in enumerate(names)}
+
+
+def _stats(ns: np.ndarray) -> dict[str, float]:
+    us = ns / 1000.0
+    return {"n": int(us.size), "p50_us": float(np.percentile(us, 50)), "p90_us": float(np.percentile(us, 90)),
+            "p99_us": float(np.percentile(us, 99)), "mean_us": float(us.mean()), "min_us": float(us.min())}
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> dict[str, Any]:
+    """Ratios of p50/p99/mean, plus the spread of per-block median ratios (noise indicator)."""
+    blocks = [float(np.median(a) / np.median(b)) for a, b in zip(np.array_split(num, N_BLOCKS), np.array_split(den, N_BLOCKS))]
+    return {"p50": float(np.percentile(num, 50) / np.percentile(den, 50)),
+            "p99": float(np.percentile(num, 99) / np.percentile(den, 99)),
+            "mean": float(num.mean() / den.mean()),
+            "block_p50_min": min(blocks), "block_p50_max": max(blocks)}
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+
+
+def _report(mix_ns: dict[str, np.ndarray], bucket_ns: dict[str, dict[str, np.ndarray]], mix: list[Prompt],
+            buckets: dict[str, list[Prompt]], parity: dict[str, float]) -> dict[str, Any]:
+    chars = np.array([len(p.text) for p in mix])
+    stats = {k: _stats(v) for k, v in mix_ns.items()}
+    table(f"Single-request latency, mixed generated prompts (n={len(mix_ns['decide'])} interleaved calls each; "
+          f"prompt chars p50={np.median(chars):.0f}, max={chars.max()})",
+          ["operation", "p50 µs", "p90 µs", "p99 µs", "mean µs", "min µs"],
+          [[k, s["p50_us"], s["p90_us"], s["p99_us"], s["mean_us"], s["min_us"]] for k, s in stats.items()])
+
+    ratios = {"clf_native/clf_onnx": _ratio(mix_ns["clf_native"], mix_ns["clf_onnx"])}
+    parts = mix_ns["clf_onnx"] + mix_ns["featurize"] + mix_ns["reward_onnx"]
+    ratios["decide/(clf_onnx+featurize+reward_onnx)"] = _ratio(mix_ns["decide"], parts)
+    ratios["featurize/decide"] = _ratio(mix_ns["featurize"], mix_ns["decide"])
+    ratios["clf_onnx/decide"] = _ratio(mix_ns["clf_onnx"], mix_ns["decide"])
+    table("Ratios measured in the same run (> 1: numerator slower)",
+          ["ratio", "p50", "p99", "mean", f"p50 over {N_BLOCKS} blocks"],
+          [[k, r["p50"], r["p99"], r["mean"], f"{r['block_p50_min']:.2f}..{r['block_p50_max']:.2f}"]
+           for k, r in ratios.items()],
+          caption=f"ONNX vs native parity on {parity['n']} prompts: argmax agreement "
+                  f"{parity['argmax_agreement']:.4f}, max |Δp| {parity['max_abs_prob_diff']:.2e}")
+
+    by_bucket: dict[str, Any] = {}
+    rows, shares = [], []
+    for name, d in bucket_ns.items():
+        c = np.array([len(p.text) for p in buckets[name]])
+        s = {k: _stats(v) for k, v in d.items()}
+        feat_per_kchar = float(np.median(d["featurize"] / 1000.0 / (np.resize(c, d["featurize"].size) / 1000.0)))
+        by_bucket[name] = {
+            "n_calls": int(d["decide"].size), "n_distinct_prompts": len(buckets[name]),
+            "chars_mean": float(c.mean()), "chars_min": int(c.min()), "chars_max": int(c.max()),
+            "stats": s,
+            "featurize_share_of_decide_mean": float(d["featurize"].mean() / d["decide"].mean()),
+            "clf_onnx_share_of_decide_mean": float(d["clf_onnx"].mean() / d["decide"].mean()),
+            "featurize_us_per_1k_chars_p50": feat_per_kchar,
+            "clf_native/clf_onnx": _ratio(d["clf_native"], d["clf_onnx"]),
+        }
+        b = by_bucket[name]
+        rows.append([name, b["n_calls"], b["chars_mean"], s["decide"]["p50_us"], s["decide"]["p99_us"],
+                     s["decide"]["mean_us"], s["featurize"]["p50_us"], s["featurize"]["p99_us"], s["clf_onnx"]["p50_us"],
+                     s["clf_native"]["p50_us"]])
+        shares.append([name, b["featurize_share_of_decide_mean"], b["clf_onnx_share_of_decide_mean"],
+                       feat_per_kchar, b["clf_native/clf_onnx"]["p50"], b["clf_native/clf_onnx"]["mean"]])
+    table("Router.decide latency by prompt length (short < 200 chars, medium 200-2000, long > 2000)",
+          ["bucket", "calls", "mean chars", "decide p50 µs", "decide p99 µs", "decide mean µs", "featurize p50 µs",
+           "featurize p99 µs", "clf_onnx p50 µs", "clf_native p50 µs"], rows)
+    table("Where the time goes, by prompt length (shares of mean decide time; ratios in the same run)",
+          ["bucket", "featurize / decide", "clf_onnx / decide", "featurize µs per 1k chars (p50)",
+           "native/onnx p50", "native/onnx mean"], shares)
+    return {"mixed": {"chars_p50": float(np.median(chars)), "chars_max": int(chars.max()), "stats": stats},
+            "ratios": ratios, "parity": parity, "by_length": by_bucket}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
