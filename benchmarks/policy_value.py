@@ -69,6 +69,7 @@ from training.simulator import simulate_records, write_simulation  # noqa: E402
 from training.world import SimRequest, World, generate_requests, input_tokens_of, load_world, quality_mean  # noqa: E402
 
 WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0)
+WK = tuple(f"{w:g}" for w in WEIGHTS)
 ESTIMATORS = ("ips", "snips", "dm", "dr")
 LOGNORMAL_SIGMA = 0.5  # training.world.outcome: rng.lognormal(log(median), 0.5)
 
@@ -112,14 +113,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         with console.status(f"Router.decide on {n_test} held-out prompts x {len(WEIGHTS)} cost weights"):
             for w in WEIGHTS:
                 choice, extra = _decide(bundle, world, requests, w, epsilon=0.0, seed=args.seed)
-                learned_choice[w], learned_extra[w] = choice.argmax(1), extra
+                fallback_mask = extra.pop("fallback_mask")
+                learned_choice[w], learned_extra[w] = choice.argmax(1), {"choice": choice, "fallback": fallback_mask}
                 policies[f"learned w={w:g}"] = {**_score(truth, choice), **extra, "w": w}
             configured = world.router
             cfg_choice, cfg_extra = _decide(bundle, world, requests, configured.preference.cost,
                                             epsilon=configured.exploration.epsilon, seed=args.seed)
+        per_category = {}
         for w in WEIGHTS:
-            policies[f"oracle-category w={w:g}"] = {**_score(truth, _oracle_category(truth, requests, w)), "w": w}
+            oracle_cat = _oracle_category(truth, requests, w)
+            policies[f"oracle-category w={w:g}"] = {**_score(truth, oracle_cat), "w": w}
             policies[f"oracle-request w={w:g}"] = {**_score(truth, _oracle_request(truth, w)), "w": w}
+            per_category[f"{w:g}"] = _per_category(truth, world, learned_extra[w]["choice"], oracle_cat,
+                                                   learned_extra[w]["fallback"], w)
 
         # ---- off-policy evaluation on held-out logs
         with console.status(f"simulating held-out logs and running OPE ({n_rep} replicate(s) x {len(WEIGHTS)} weights)"):
@@ -148,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bundle_metrics": bundle.manifest.metrics,
         "bundle_policy": bundle.manifest.policy.model_dump(),
         "policies": policies,
+        "learned_vs_oracle_category_by_category": per_category,
         "ope": ope,
         "configured_policy_ope": configured_block,
     }
@@ -227,6 +234,25 @@ def _oracle_category(truth: dict[str, np.ndarray], requests: list[SimRequest], w
     return out
 
 
+def _per_category(truth: dict[str, np.ndarray], world: World, learned: np.ndarray, oracle_cat: np.ndarray,
+                  fallback: np.ndarray, w: float) -> dict[str, Any]:
+    """Where the learned policy loses utility against the per-category oracle (and how much the
+    fallback rule's forced ``large`` costs: per-request cost normalisation makes it expensive on chat)."""
+    u = _utility(truth, w)
+    lu, ou = np.sum(learned * u, 1), np.sum(oracle_cat * u, 1)
+    out: dict[str, Any] = {}
+    for c in world.router.taxonomy:
+        rows = truth["category"] == c
+        out[c] = {"n": int(rows.sum()), "learned_utility": float(lu[rows].mean()), "oracle_utility": float(ou[rows].mean()),
+                  "gap": float(lu[rows].mean() - ou[rows].mean()),
+                  "oracle_model": world.router.model_names[int(oracle_cat[rows][0].argmax())],
+                  "learned_share": learned[rows].mean(0).tolist(), "fallbacks": int(fallback[rows].sum())}
+    out["_fallback_rows"] = {"n": int(fallback.sum()),
+                             "contribution_to_overall_gap": float(np.sum((lu - ou)[fallback]) / len(lu))}
+    out["_overall_gap"] = float(np.mean(lu - ou))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # the learned policy
 
@@ -240,16 +266,17 @@ def _decide(bundle, world: World, requests: list[SimRequest], w: float, *, epsil
     pref = Preference(quality=1.0, cost=w, latency=0.0)
     rng = np.random.default_rng(seed)
     probs = np.zeros((len(requests), len(models)))
-    fallback = correct = 0
+    fallback = np.zeros(len(requests), dtype=bool)
+    correct = 0
     for i, r in enumerate(requests):
         d = router.decide(Request(messages=(Message("user", r.prompt.text),)), now_s=r.timestamp_s, rng=rng,
                           preference=pref)
         for m, p in zip(d.candidates, d.action_probs):
             probs[i, models.index(m)] += p
-        fallback += d.fallback
+        fallback[i] = d.fallback
         correct += d.category == r.prompt.category
-    return probs, {"fallback_rate": fallback / len(requests), "category_accuracy": correct / len(requests),
-                   "scoring_failures": router.n_fallbacks}
+    return probs, {"fallback_rate": float(fallback.mean()), "category_accuracy": correct / len(requests),
+                   "scoring_failures": router.n_fallbacks, "fallback_mask": fallback}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -367,6 +394,15 @@ def _print(r: dict[str, Any], models: Sequence[str]) -> None:
           "the learned policy's cost)",
           ["w", "learned U", "best single U", "learned - single", "oracle-cat U", "oracle-req U", "regret vs oracle-req",
            "gap closed (uniform->oracle)", "quality - hull"], rows)
+    pc = r["learned_vs_oracle_category_by_category"]
+    cats = [c for c in next(iter(pc.values())) if not c.startswith("_")]
+    rows = [[c, pc[WK[0]][c]["n"], *[f"{pc[w][c]['gap']:+.4f} ({pc[w][c]['oracle_model']})" for w in WK]] for c in cats]
+    rows.append(["fallback rows: contribution", None,
+                 *[f"{pc[w]['_fallback_rows']['contribution_to_overall_gap']:+.4f} (n={pc[w]['_fallback_rows']['n']})"
+                   for w in WK]])
+    rows.append(["overall", None, *[f"{pc[w]['_overall_gap']:+.4f}" for w in WK]])
+    table("Learned minus per-category oracle, mean utility by true category (oracle's model in brackets)",
+          ["category", "n", *[f"w={w}" for w in WK]], rows)
     rows = []
     for w, o in r["ope"]["by_weight"].items():
         rep0 = o["replicates"][0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,25 @@ class Request:
 def estimate_tokens(text: str) -> int:
     """Token count without a tokenizer: ~4 characters per token (English BPE average)."""
     return max(1, (len(text) + 3) // 4)
+
+
+def decode_json_object(raw: bytes) -> dict[str, Any]:
+    """Strict UTF-8 -> JSON -> object; the one place raw client/file bytes become a dict.
+
+    Raises ``RequestError`` whose message completes "<what> is ..." / "<what> must ...".
+    """
+    try:
+        text = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as e:
+        raise RequestError(f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from e
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        where = f"column {e.colno}" if e.lineno == 1 else f"line {e.lineno} column {e.colno}"
+        raise RequestError(f"not valid JSON ({e.msg} at {where})") from e
+    if not isinstance(obj, dict):
+        raise RequestError(f"must be a JSON object; got {type(obj).__name__}")
+    return obj
 
 
 def parse_messages(payload: Any, *, max_prompt_chars: int) -> tuple[Message, ...]:

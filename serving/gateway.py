@@ -8,7 +8,6 @@ with its error, and the gateway keeps serving.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from router.errors import RequestError
 from router.features import FEATURE_VERSION
 from router.log_schema import LogRecord, dumps_stats
 from router.policy import estimate_cost_usd
-from router.request import Request, parse_messages
+from router.request import Request, decode_json_object, parse_messages
 from serving.backends import BackendError, ModelReply
 from serving.decision_log import DecisionLogWriter
 
@@ -145,16 +144,9 @@ class GatewayCore:
 
 def parse_body(raw: bytes) -> dict[str, Any]:
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RequestError(f"request body is not valid UTF-8: byte {e.start} ({raw[e.start:e.start + 1]!r})") from e
-    try:
-        body = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise RequestError(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
-    if not isinstance(body, dict):
-        raise RequestError(f"request body must be a JSON object, got {type(body).__name__}")
-    return body
+        return decode_json_object(raw)
+    except RequestError as e:
+        raise RequestError(f"request body is {e}" if str(e).startswith("not") else f"request body {e}") from e
 
 
 def pin(decision: Decision, model: str) -> Decision:

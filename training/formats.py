@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeAlias, overload
 
-from router.errors import RouterError
+from router.errors import RequestError, RouterError
+from router.request import decode_json_object
 
 RowKind = Literal["labelled", "outcomes", "trace", "prompts"]
 ROW_KINDS: tuple[RowKind, ...] = ("labelled", "outcomes", "trace", "prompts")
@@ -244,17 +245,9 @@ def iter_json_objects(path: Path) -> Generator[tuple[int, JsonDict], None, None]
 
 def _parse_line(raw: bytes, path: Path, line_no: int) -> JsonDict:
     try:
-        text = raw.decode("utf-8").rstrip("\r\n")  # else JSON errors point at a column on "line 2"
-    except UnicodeDecodeError as e:
-        bad = f"byte 0x{raw[e.start]:02x} at offset {e.start}"
-        raise DataFormatError(f"{path}:{line_no}: not valid UTF-8 ({bad})") from e
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataFormatError(f"{path}:{line_no}: not valid JSON ({e.msg} at column {e.colno})") from e
-    if not isinstance(obj, dict):
-        raise DataFormatError(f"{path}:{line_no}: must be a JSON object; got {type(obj).__name__}")
-    return obj
+        return decode_json_object(raw)
+    except RequestError as e:
+        raise DataFormatError(f"{path}:{line_no}: {e}") from e
 
 
 @overload

@@ -55,7 +55,7 @@ def test_requests_are_routed_answered_and_logged(serve_app) -> None:  # type: ig
 
 def test_bad_input_gets_4xx_and_the_server_keeps_serving(serve_app) -> None:  # type: ignore[no-untyped-def]
     url = serve_app["url"]
-    bad = [(b"{not json", 400, "malformed JSON"), (b"\xff\xfe\x00", 400, "not valid UTF-8"),
+    bad = [(b"{not json", 400, "request body is not valid JSON"), (b"\xff\xfe\x00", 400, "not valid UTF-8"),
            (b'{"model": "auto"}', 400, "missing required field 'messages'"),
            (b'{"messages": [{"role": "user", "content": "' + b"a" * 40_000 + b'"}]}', 413, "limit is 32000"),
            (b'{"messages": [{"role": "user", "content": "hi"}], "model": "gpt-9"}', 404, "unknown model 'gpt-9'")]

@@ -61,9 +61,9 @@ def _user(text: str = PROMPT, **extra: object) -> dict[str, object]:
 # --- invalid input: status and message ----------------------------------------------------------------
 
 INVALID: list[tuple[str, object | bytes, int, str]] = [
-    ("malformed-json", b'{"messages": [', 400, "malformed JSON: "),
-    ("invalid-utf8", b'{"messages": "\xff\xfe"}', 400, "request body is not valid UTF-8: byte 14"),
-    ("body-is-list", [{"role": "user", "content": "hi"}], 400, "request body must be a JSON object, got list"),
+    ("malformed-json", b'{"messages": [', 400, "request body is not valid JSON ("),
+    ("invalid-utf8", b'{"messages": "\xff\xfe"}', 400, "request body is not valid UTF-8 (byte 0xff at offset 14)"),
+    ("body-is-list", [{"role": "user", "content": "hi"}], 400, "request body must be a JSON object; got list"),
     ("missing-messages", {"model": "auto"}, 400, "missing required field 'messages'"),
     ("empty-messages", {"messages": []}, 400, "'messages' must be a non-empty list"),
     ("messages-not-list", {"messages": "hi"}, 400, "'messages' must be a non-empty list"),
