@@ -43,7 +43,30 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "argv": sys.argv,
+        "code": code_state(),
     }
+
+
+def code_state() -> dict[str, Any]:
+    """Which code produced the numbers: git HEAD, uncommitted changes to the measured packages, and
+    where ``router`` was imported from (other engineers edit the tree while benchmarks run)."""
+    import subprocess
+
+    import router
+    from router.features import FEATURE_VERSION
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    status = git("status", "--porcelain", "--", "router", "training", "configs")
+    return {"git_head": git("rev-parse", "HEAD"),
+            "dirty_measured_paths": None if status is None else [ln[3:] for ln in status.splitlines()],
+            "router_imported_from": str(Path(router.__file__).resolve().parent),
+            "feature_version": FEATURE_VERSION}
 
 
 def _cpu_model() -> str:
@@ -56,9 +79,15 @@ def _cpu_model() -> str:
     return ""
 
 
-def write_json(name: str, payload: dict[str, Any]) -> Path:
+def result_path(name: str, suffix: str, quick: bool) -> Path:
+    """``results/<name>.<suffix>``; ``--quick`` smoke runs go to ``<name>_quick.<suffix>`` (git-ignored)
+    so they never overwrite the committed evidence."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    return RESULTS / f"{name}{'_quick' if quick else ''}.{suffix}"
+
+
+def write_json(name: str, payload: dict[str, Any], quick: bool = False) -> Path:
+    path = result_path(name, "json", quick)
     path.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_jsonable) + "\n", encoding="utf-8")
     return path
 

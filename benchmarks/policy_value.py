@@ -37,6 +37,7 @@ what is being benchmarked:
 
     python benchmarks/policy_value.py [--quick]
     ->  benchmarks/results/policy_value.json, benchmarks/results/policy_value.png
+        (--quick: policy_value_quick.json / .png, git-ignored)
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ import numpy as np
 from scipy.special import ndtr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CONFIGS, RESULTS, console, environment, table, write_json  # noqa: E402
+from _common import CONFIGS, console, environment, result_path, table, write_json  # noqa: E402
 
 from router.cache import CachePolicy, ResponseCache  # noqa: E402
 from router.config import Exploration, Preference  # noqa: E402
@@ -78,15 +79,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sets, one OPE replicate (< 30 s)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-train", type=int, default=None, help="simulated training logs (default 4000; quick 1500)")
-    ap.add_argument("--n-test", type=int, default=None, help="held-out requests (default 3000; quick 800)")
+    ap.add_argument("--n-train", type=int, default=None, help="simulated training logs (default 4000; quick 1200)")
+    ap.add_argument("--n-test", type=int, default=None, help="held-out requests (default 3000; quick 600)")
     ap.add_argument("--replicates", type=int, default=None, help="OPE log replicates (default 5; quick 1)")
     ap.add_argument("--world", default=str(CONFIGS / "world.yaml"))
     args = ap.parse_args(argv)
-    n_train = args.n_train or (1500 if args.quick else 4000)
-    n_test = args.n_test or (800 if args.quick else 3000)
+    n_train = args.n_train or (1200 if args.quick else 4000)
+    n_test = args.n_test or (600 if args.quick else 3000)
     n_rep = args.replicates or (1 if args.quick else 5)
-    n_boot = 100 if args.quick else 200
+    n_boot = 50 if args.quick else 200
     train_seed, test_seed = args.seed, args.seed + 1000
     t_start = time.perf_counter()
 
@@ -119,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             configured = world.router
             cfg_choice, cfg_extra = _decide(bundle, world, requests, configured.preference.cost,
                                             epsilon=configured.exploration.epsilon, seed=args.seed)
+        frontier = _frontier(truth)
         per_category = {}
         for w in WEIGHTS:
             oracle_cat = _oracle_category(truth, requests, w)
@@ -158,13 +160,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ope": ope,
         "configured_policy_ope": configured_block,
     }
-    result["comparison"] = _compare(policies, models)
+    result["absolute_cost_frontier"] = frontier
+    result["comparison"] = _compare(policies, models, frontier)
     _print(result, models)
-    png = _plot(policies, models, RESULTS / "policy_value.png")
+    png = _plot(policies, models, frontier, result_path("policy_value", "png", args.quick))
     result["plot"] = png.name
     result["environment"] = environment()
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
-    path = write_json("policy_value", result)
+    path = write_json("policy_value", result, quick=args.quick)
     console.print(f"wrote {path} and {png} ({png.stat().st_size // 1024} KB) in {result['wall_s']} s")
     return 0
 
@@ -223,6 +226,18 @@ def _score(truth: dict[str, np.ndarray], probs: np.ndarray) -> dict[str, Any]:
 def _oracle_request(truth: dict[str, np.ndarray], w: float) -> np.ndarray:
     u = np.where(truth["allowed"] > 0, _utility(truth, w), -np.inf)
     return _onehot(u.argmax(1), u.shape[1])
+
+
+def _frontier(truth: dict[str, np.ndarray]) -> list[dict[str, float]]:
+    """The (cost, quality) efficient frontier in absolute dollars: per request, the allowed model
+    maximising ``q - lam * cost_usd``, for a sweep of ``lam`` (quality points per USD)."""
+    pts = []
+    for lam in [0.0, *np.geomspace(1.0, 1e5, 41)]:
+        u = np.where(truth["allowed"] > 0, truth["q"] - lam * truth["cost"], -np.inf)
+        p = _onehot(u.argmax(1), u.shape[1])
+        pts.append({"lambda_per_usd": float(lam), "quality": float(np.mean(np.sum(p * truth["q"], 1))),
+                    "cost_usd_per_1k_requests": 1000.0 * float(np.mean(np.sum(p * truth["cost"], 1)))})
+    return pts
 
 
 def _oracle_category(truth: dict[str, np.ndarray], requests: list[SimRequest], w: float) -> np.ndarray:
@@ -325,28 +340,31 @@ def _ope(bundle, world: World, requests: list[SimRequest], truth: dict[str, np.n
 
 
 def _hull_quality(points: list[tuple[float, float]], cost: float) -> float | None:
-    """Best quality a random mix of single models reaches at ``cost`` (upper concave envelope)."""
+    """Best quality a random mix of ``points`` reaches spending at most ``cost`` (upper concave
+    envelope with free disposal: spending more never lowers quality). None below the cheapest point."""
     pts = sorted(points)
     hull: list[tuple[float, float]] = []
     for p in pts:
         while len(hull) >= 2 and _cross(hull[-2], hull[-1], p) >= 0:
             hull.pop()
         hull.append(p)
-    if cost < hull[0][0] or cost > hull[-1][0]:
+    if cost < hull[0][0]:
         return None
+    best = max(q for c, q in hull if c <= cost)
     for (c0, q0), (c1, q1) in zip(hull, hull[1:]):
-        if c0 <= cost <= c1:
-            return q0 + (q1 - q0) * (cost - c0) / (c1 - c0)
-    return hull[-1][1]
+        if c0 <= cost <= c1 and c1 > c0:
+            best = max(best, q0 + (q1 - q0) * (cost - c0) / (c1 - c0))
+    return best
 
 
 def _cross(o: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> float:
     return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
 
 
-def _compare(policies: dict[str, dict[str, Any]], models: Sequence[str]) -> dict[str, Any]:
+def _compare(policies: dict[str, dict[str, Any]], models: Sequence[str], frontier: list[dict[str, float]]) -> dict[str, Any]:
     singles = {m: policies[f"always-{m}"] for m in models}
     pts = [(s["cost_usd_per_1k_requests"], s["quality"]) for s in singles.values()]
+    fpts = [(f["cost_usd_per_1k_requests"], f["quality"]) for f in frontier]
     out = {}
     for w in WEIGHTS:
         key = f"{w:g}"
@@ -366,6 +384,8 @@ def _compare(policies: dict[str, dict[str, Any]], models: Sequence[str]) -> dict
             "learned_gap_closed_uniform_to_oracle": (lp["utility"][key] - u_uni) / (u_or - u_uni) if u_or != u_uni else None,
             "single_model_hull_quality_at_learned_cost": hull_q,
             "learned_quality_minus_hull": None if hull_q is None else lp["quality"] - hull_q,
+            "frontier_quality_at_learned_cost": (fq := _hull_quality(fpts, lp["cost_usd_per_1k_requests"])),
+            "learned_quality_minus_frontier": None if fq is None else lp["quality"] - fq,
         }
     return out
 
@@ -389,11 +409,13 @@ def _print(r: dict[str, Any], models: Sequence[str]) -> None:
         rows.append([w, c["learned_utility"], f"{c['best_single_model']} {c['best_single_utility']:.4f}",
                      c["learned_minus_best_single"], c["oracle_category_utility"], c["oracle_request_utility"],
                      c["learned_regret_vs_oracle_request"], c["learned_gap_closed_uniform_to_oracle"],
-                     c["learned_quality_minus_hull"]])
-    table("Learned policy vs baselines at its own cost weight (utility; hull = best random mix of single models at "
-          "the learned policy's cost)",
-          ["w", "learned U", "best single U", "learned - single", "oracle-cat U", "oracle-req U", "regret vs oracle-req",
-           "gap closed (uniform->oracle)", "quality - hull"], rows)
+                     c["learned_quality_minus_hull"], c["learned_quality_minus_frontier"]])
+    table("Learned policy vs baselines at its own cost weight. Utility columns: the router's objective. Quality columns, "
+          "at the learned policy's own $ cost: hull = best random mix of single models; frontier = per-request "
+          "argmax of q - lambda * USD (the absolute-cost optimum)",
+          ["w", "U learned", "U best single", "Δ vs single", "U oracle-cat", "U oracle-req", "regret", "gap closed",
+           "q - hull", "q - frontier"], rows,
+          caption="regret = U oracle-req - U learned; gap closed = (U learned - U uniform) / (U oracle-req - U uniform)")
     pc = r["learned_vs_oracle_category_by_category"]
     cats = [c for c in next(iter(pc.values())) if not c.startswith("_")]
     rows = [[c, pc[WK[0]][c]["n"], *[f"{pc[w][c]['gap']:+.4f} ({pc[w][c]['oracle_model']})" for w in WK]] for c in cats]
@@ -428,19 +450,33 @@ def _print(r: dict[str, Any], models: Sequence[str]) -> None:
            for k, v in c["run_ope"]["estimates"].items()])
 
 
-def _plot(policies: dict[str, dict[str, Any]], models: Sequence[str], path: Path) -> Path:
+def _plot(policies: dict[str, dict[str, Any]], models: Sequence[str], frontier: list[dict[str, float]],
+          path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=100)
+    singles = [(policies[f"always-{m}"]["cost_usd_per_1k_requests"], policies[f"always-{m}"]["quality"]) for m in models]
+    xs = np.geomspace(min(x for x, _ in singles), max(x for x, _ in singles), 200)
+    ax.plot(xs, [_hull_quality(singles, x) for x in xs], "-", color="lightgrey", lw=3, label="random mix of single models",
+            zorder=0)
+    fpts = [(f["cost_usd_per_1k_requests"], f["quality"]) for f in frontier]
+    xs = np.geomspace(min(x for x, _ in fpts), max(x for x, _ in fpts), 200)
+    ax.plot(xs, [_hull_quality(fpts, x) for x in xs], "-", color="tab:red", lw=1, alpha=0.6,
+            label="frontier: per-request max q - λ·USD (oracle)", zorder=0)
     for prefix, style, label in (("learned", "o-", "learned (Router.decide, greedy)"),
-                                 ("oracle-category", "s--", "oracle per true category"),
-                                 ("oracle-request", "^:", "oracle per request")):
+                                 ("oracle-category", "s--", "oracle per true category (router objective)"),
+                                 ("oracle-request", "^:", "oracle per request (router objective)")):
         xs = [policies[f"{prefix} w={w:g}"]["cost_usd_per_1k_requests"] for w in WEIGHTS]
         ys = [policies[f"{prefix} w={w:g}"]["quality"] for w in WEIGHTS]
-        ax.plot(xs, ys, style, label=label, markersize=5)
+        # segments are random mixes of adjacent points: linear in cost, so drawn densely on the log axis
+        order = np.argsort(xs)
+        px, py = np.asarray(xs)[order], np.asarray(ys)[order]
+        dense = np.unique(np.concatenate([np.geomspace(px[0], px[-1], 200), px]))
+        (line,) = ax.plot(dense, np.interp(dense, px, py), style[1:], lw=1.2)
+        ax.plot(xs, ys, style[0], color=line.get_color(), markersize=5, label=label)
         if prefix == "learned":
             for w, x, y in zip(WEIGHTS, xs, ys):
                 ax.annotate(f"w={w:g}", (x, y), textcoords="offset points", xytext=(5, -11), fontsize=8)

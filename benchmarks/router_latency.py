@@ -8,7 +8,10 @@ times one call at a time on one thread, after a warm-up:
                    prompts with the same seed; the baseline the ONNX export is meant to beat);
 * ``featurize``    ``router.features.featurize`` alone (a Python loop over the prompt's characters);
 * ``reward_onnx``  ``router.reward.predict`` on one feature vector (``policy.onnx``);
-* ``decide``       the full ``Router.decide`` (cache tier forced to ``skip`` by an empty cache policy).
+* ``decide``       the full ``Router.decide`` (cache tier ``skip`` for every category);
+* ``choose``       ``router.policy.choose`` (epsilon-greedy draw) and ``nan_guards`` (a replica of the
+                   numpy NaN checks in ``decide``): two pieces of decide's own overhead, timed so that
+                   ``decide`` minus its ONNX and featurize parts is accounted for.
 
 The operations are **interleaved call by call** (rotating order) so that the noise of this shared
 2-core box hits every operation alike; speed claims are the ratios, measured in the same run.
@@ -16,7 +19,7 @@ Prompts come from ``training.prompts.generate_prompt`` via ``generate_requests``
 from the training logs). The generator never writes prompts over ~900 characters, so the ``long``
 bucket (> 2000 chars) concatenates same-category prompts, like a pasted document, up to 2-8k chars.
 
-    python benchmarks/router_latency.py [--quick]   ->  benchmarks/results/router_latency.json
+    python benchmarks/router_latency.py [--quick]   ->  benchmarks/results/router_latency[_quick].json
 """
 
 from __future__ import annotations
@@ -35,9 +38,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CONFIGS, console, environment, table, write_json  # noqa: E402
 
-from router.cache import CachePolicy, ResponseCache  # noqa: E402
+from router.cache import CachePolicy, CategoryCachePolicy, ResponseCache  # noqa: E402
 from router.decision import Router  # noqa: E402
 from router.features import featurize  # noqa: E402
+from router.policy import choose, estimate_cost_usd, utilities  # noqa: E402
 from router.log_schema import read_logs  # noqa: E402
 from router.request import Message, Request  # noqa: E402
 from training.bundle_builder import build_bundle, labelled_from_logs  # noqa: E402
@@ -56,10 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--world", default=str(CONFIGS / "world.yaml"))
     args = ap.parse_args(argv)
-    n_logs = 1000 if args.quick else 4000
-    n_mix = 400 if args.quick else 3000
-    n_bucket = 150 if args.quick else 1000
-    n_warm = 50 if args.quick else 200
+    n_logs = 800 if args.quick else 4000
+    n_mix = 300 if args.quick else 3000
+    n_bucket = 100 if args.quick else 1000
+    n_warm = 40 if args.quick else 200
     t_start = time.perf_counter()
 
     world = load_world(args.world)
@@ -70,8 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             bundle = build_bundle(logs, world.router, out, seed=args.seed, bundle_version="bench-latency")
             data = labelled_from_logs(read_logs(logs))
             native = CategoryTrainer(world.router.taxonomy, seed=args.seed).fit(data.texts, data.labels)
-        # empty cache policy -> every category's tier is "skip": decide() measures routing, not caching
-        router = Router(bundle, cache=ResponseCache(CachePolicy()))
+        # every category's tier is "skip": decide() measures routing, not caching
+        skip = CachePolicy(categories={c: CategoryCachePolicy(tier="skip") for c in world.router.taxonomy})
+        router = Router(bundle, cache=ResponseCache(skip))
 
         mix, buckets = _prompts(world, args.seed, n_mix, n_bucket)
         for prompts in (mix, *buckets.values()):
@@ -94,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quick=args.quick,
         seed=args.seed,
         settings={"simulated_requests": n_logs, "calls_mixed": n_mix, "calls_per_bucket": n_bucket,
-                  "warmup_calls": n_warm, "threads": 1, "interleaved": True, "cache": "skip (empty CachePolicy)",
+                  "warmup_calls": n_warm, "threads": 1, "interleaved": True, "cache": "tier skip for every category",
                   "epsilon": world.router.exploration.epsilon,
                   "buckets_chars": {"short": f"< {SHORT_MAX}", "medium": f"{SHORT_MAX}..{LONG_MIN}",
                                     "long": f"> {LONG_MIN} (concatenated same-category prompts, 2k-8k)"}},
@@ -102,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         environment=environment(),
         wall_s=round(time.perf_counter() - t_start, 1),
     )
-    path = write_json("router_latency", result)
+    path = write_json("router_latency", result, quick=args.quick)
     console.print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path} "
                   f"in {result['wall_s']} s")
     return 0
@@ -115,13 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 class Prompt:
     """One timed input, with everything each operation needs precomputed outside the timer."""
 
-    __slots__ = ("text", "probs", "features", "request")
+    __slots__ = ("text", "probs", "features", "request", "utility")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.request = Request(messages=(Message("user", text),))
         self.probs: np.ndarray | None = None
         self.features: np.ndarray | None = None
+        self.utility: np.ndarray | None = None
 
 
 def _prompts(world: World, seed: int, n_mix: int, n_bucket: int) -> tuple[list[Prompt], dict[str, list[Prompt]]]:
@@ -143,10 +149,15 @@ def _prompts(world: World, seed: int, n_mix: int, n_bucket: int) -> tuple[list[P
 
 
 def _prepare(router: Router, prompts: Sequence[Prompt]) -> None:
+    cfg, pol = router.config, router.bundle.manifest.policy
     for p in prompts:
         if p.probs is None:
             p.probs = router.classifier.predict_proba([p.text])[0]
             p.features = featurize(p.text, p.probs, p.request.n_turns)
+            cost = np.array([estimate_cost_usd(cfg.model(m), p.request.input_tokens, pol.mean_output_tokens[m])
+                             for m in pol.models])
+            latency = np.array([pol.mean_latency_ms[m] for m in pol.models])
+            p.utility = utilities(router.reward.predict(p.features)[0], cost, latency, cfg.preference)
 
 
 def _parity(router: Router, native: CategoryTrainer, prompts: Sequence[Prompt]) -> dict[str, float]:
@@ -158,13 +169,28 @@ def _parity(router: Router, native: CategoryTrainer, prompts: Sequence[Prompt]) 
 
 def _ops(router: Router, native: CategoryTrainer, rng: np.random.Generator) -> dict[str, Callable[[Prompt], Any]]:
     pipe = native._fitted()  # the bare sklearn Pipeline: no wrapper overhead in the baseline
+    models, eps = list(router.bundle.manifest.policy.models), router.config.exploration.epsilon
     return {
         "clf_onnx": lambda p: router.classifier.predict_proba([p.text]),
         "clf_native": lambda p: pipe.predict_proba([p.text]),
         "featurize": lambda p: featurize(p.text, p.probs, 1),
         "reward_onnx": lambda p: router.reward.predict(p.features),
         "decide": lambda p: router.decide(p.request, now_s=0.0, rng=rng),
+        # two pieces of decide's own overhead (not ONNX, not featurize), to explain decide - parts:
+        "choose": lambda p: choose(models, p.utility, eps, rng),
+        "nan_guards": lambda p: _nan_guards(p.probs, p.utility),
     }
+
+
+def _nan_guards(probs: np.ndarray, quality: np.ndarray) -> None:
+    """The numpy calls ``Router.decide`` makes to survive NaN model outputs (router/decision.py as of
+    commit 995a967): one isfinite check per output, nanargmax, nan_to_num on probs (x2) and confidence."""
+    np.all(np.isfinite(probs))
+    top = int(np.nanargmax(probs)) if np.isfinite(probs).any() else 0
+    np.nan_to_num(probs)
+    np.nan_to_num(probs)
+    float(np.nan_to_num(float(probs[top])))
+    np.all(np.isfinite(quality))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,6 +252,9 @@ def _report(mix_ns: dict[str, np.ndarray], bucket_ns: dict[str, dict[str, np.nda
     ratios["decide/(clf_onnx+featurize+reward_onnx)"] = _ratio(mix_ns["decide"], parts)
     ratios["featurize/decide"] = _ratio(mix_ns["featurize"], mix_ns["decide"])
     ratios["clf_onnx/decide"] = _ratio(mix_ns["clf_onnx"], mix_ns["decide"])
+    ratios["nan_guards/decide"] = _ratio(mix_ns["nan_guards"], mix_ns["decide"])
+    ratios["choose/decide"] = _ratio(mix_ns["choose"], mix_ns["decide"])
+    ratios["decide/(all 5 parts above)"] = _ratio(mix_ns["decide"], parts + mix_ns["nan_guards"] + mix_ns["choose"])
     table("Ratios measured in the same run (> 1: numerator slower)",
           ["ratio", "p50", "p99", "mean", f"p50 over {N_BLOCKS} blocks"],
           [[k, r["p50"], r["p99"], r["mean"], f"{r['block_p50_min']:.2f}..{r['block_p50_max']:.2f}"]

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from router.config import RouterConfig, _Frozen
 from router.errors import ArtifactError, FeatureMismatchError
 from router.features import FEATURE_VERSION, feature_names, feature_spec_hash
+from router.policy import PolicyInfo
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -33,15 +34,6 @@ REQUIRED_FILES = ("classifier.onnx", "policy.onnx", "cache_policy.json")
 class FileEntry(_Frozen):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=0)
-
-
-class PolicyInfo(_Frozen):
-    """How to read policy.onnx: one predicted-quality output per model, in ``models`` order."""
-
-    kind: str
-    models: tuple[str, ...]
-    mean_output_tokens: dict[str, float]
-    mean_latency_ms: dict[str, float]
 
 
 class Manifest(BaseModel):
@@ -134,6 +126,9 @@ def _check_features(path: Path, manifest: Manifest) -> None:
         )
     if tuple(manifest.feature_names) != feature_names(taxonomy):
         raise FeatureMismatchError(f"{path}: manifest feature_names differ from router.features.feature_names")
+    if manifest.policy.n_context != len(manifest.feature_names):
+        raise FeatureMismatchError(f"{path}: policy expects {manifest.policy.n_context} context features; "
+                                   f"the feature spec has {len(manifest.feature_names)}")
     if set(manifest.policy.models) != set(manifest.router.model_names):
         raise ArtifactError(
             f"{path}: policy models {list(manifest.policy.models)} differ from the catalogue {list(manifest.router.model_names)}"

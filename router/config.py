@@ -44,10 +44,15 @@ class Preference(_Frozen):
 
 
 class Exploration(_Frozen):
-    """Epsilon-greedy exploration; the propensity of every action is logged exactly."""
+    """How actions are drawn around the best one; the propensity of every action is logged exactly.
 
-    kind: Literal["epsilon_greedy"] = "epsilon_greedy"
+    ``epsilon_greedy``: ``epsilon/K`` on every candidate, the rest on the best. ``softmax``:
+    probability proportional to ``exp(utility / temperature)``.
+    """
+
+    kind: Literal["epsilon_greedy", "softmax"] = "epsilon_greedy"
     epsilon: float = Field(default=0.1, ge=0, le=1)
+    temperature: float = Field(default=0.05, gt=0)
 
 
 class CacheSettings(_Frozen):

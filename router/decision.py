@@ -1,8 +1,12 @@
-"""``Router``: one request in, one ``Decision`` out — category, cache tier, model, propensity.
+"""``Router``: one request in, one ``Decision`` out -- category, cache tier, model, propensity.
 
-Pure Python + onnxruntime. The request path never raises for a model problem: a failure to score
-falls back to the configured fallback model with propensity 1 and ``policy="fallback"`` (counted in
-``Router.n_fallbacks``), never to the cheapest model.
+Pure Python + onnxruntime. The request path never raises for a model problem: an unusable classifier
+or policy output falls back to the configured fallback model with propensity 1 and
+``policy="fallback"`` (counted in ``Router.n_fallbacks``), never to the cheapest model.
+
+Order of a decision: classify -> low confidence? fallback -> cache tier + lookup (a hit ends it)
+-> policy heads for the allowed models -> + online correction (bounded) -> utility under the
+request's preference -> exploration draws the model and records its exact propensity.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,8 +23,9 @@ from router.cache import CacheHit, CachePolicy, ResponseCache
 from router.classifier import CategoryClassifier
 from router.config import Preference, RouterConfig
 from router.features import featurize
+from router.online import OnlineCorrection
 from router.onnx_session import make_session
-from router.policy import RewardModel, choose, estimate_cost_usd, utilities
+from router.policy import PolicyScorer, choose, utilities
 from router.request import Request
 from router.types import CacheTier
 
@@ -45,15 +51,16 @@ class Decision:
 
 
 class Router:
-    """Builds its ONNX sessions once; ``decide`` is safe to call from one thread at a time per session
-    (onnxruntime sessions are thread-safe for ``run``)."""
+    """Builds its ONNX sessions once. ``decide`` is cheap and safe to call concurrently
+    (onnxruntime sessions are thread-safe for ``run``); ``observe`` updates the online correction."""
 
     def __init__(self, bundle: Bundle, *, cache: ResponseCache | None = None, config: RouterConfig | None = None) -> None:
         m = bundle.manifest
         self.bundle = bundle
         self.config = config or m.router
         self.classifier = CategoryClassifier(make_session(bundle.file("classifier.onnx")), m.router.taxonomy)
-        self.reward = RewardModel(make_session(bundle.file("policy.onnx")), m.policy.models)
+        self.scorer = PolicyScorer(make_session(bundle.file("policy.onnx")), m.policy)
+        self.online = OnlineCorrection(m.policy.online)
         self.cache = cache if cache is not None else ResponseCache(CachePolicy.load(bundle.file("cache_policy.json")))
         self.n_fallbacks = 0
 
@@ -82,20 +89,26 @@ class Router:
         fallback = not confidence >= cfg.min_confidence  # NaN confidence -> fallback
         tier: CacheTier = "skip" if fallback else self.cache.policy.for_category(category).tier
         hit = self.cache.lookup(request.tenant, category, tier, request.conversation, now_s)
-        common = dict(request_id=request.request_id, category=category,
-                      category_probs=tuple(map(float, np.nan_to_num(probs))),
-                      confidence=float(np.nan_to_num(confidence)), fallback=fallback, cache_tier=tier, cache_hit=hit,
-                      features=tuple(map(float, features)), bundle_version=self.version)
+        common: dict[str, Any] = dict(
+            request_id=request.request_id, category=category, category_probs=tuple(map(float, np.nan_to_num(probs))),
+            confidence=float(np.nan_to_num(confidence)), fallback=fallback, cache_tier=tier, cache_hit=hit,
+            features=tuple(map(float, features)), bundle_version=self.version)
         if hit is not None:
             return Decision(**common, model=hit.model, candidates=(hit.model,), action_probs=(1.0,), propensity=1.0,
                             policy="cache", decision_ms=_ms(t0))
         if fallback:
             return self._fallback(common, t0)
         try:
-            return self._choose(request, category, features, common, t0, rng, preference or cfg.preference)
+            return self._choose(category, features, common, t0, rng, preference or request.preference or cfg.preference)
         except Exception:  # a scoring failure must not fail the request; count it and fall back
             self.n_fallbacks += 1
             return self._fallback(common, t0)
+
+    def observe(self, decision: Decision, quality: float) -> None:
+        """Feed an observed quality back into the online correction (policy decisions only)."""
+        predicted = decision.predicted_quality.get(decision.model)
+        if decision.policy not in ("fallback", "cache", "pinned") and predicted is not None:
+            self.online.observe(decision.category, decision.model, predicted, quality)
 
     def remember(self, request: Request, decision: Decision, answer: str, now_s: float) -> None:
         """Store a fresh model answer in the cache tier the decision chose."""
@@ -103,23 +116,23 @@ class Router:
             self.cache.insert(request.tenant, decision.category, decision.cache_tier, request.conversation,
                               answer, decision.model, now_s)
 
-    def _choose(self, request: Request, category: str, features: np.ndarray, common: dict, t0: float,
+    def _choose(self, category: str, features: np.ndarray, common: dict[str, Any], t0: float,
                 rng: np.random.Generator, pref: Preference) -> Decision:
-        cfg, pol = self.config, self.bundle.manifest.policy
-        quality = self.reward.predict(features)[0]
-        if not np.all(np.isfinite(quality)):
-            raise ValueError("reward model returned non-finite quality")
-        allowed = [m for m in cfg.allowed_models(category) if m in pol.models]
-        idx = [pol.models.index(m) for m in allowed]
-        cost = np.array([estimate_cost_usd(cfg.model(m), request.input_tokens, pol.mean_output_tokens[m]) for m in allowed])
-        latency = np.array([pol.mean_latency_ms[m] for m in allowed])
-        util = utilities(quality[idx], cost, latency, pref)
-        c = choose(allowed, util, cfg.exploration.epsilon, rng)
+        info = self.scorer.info
+        allowed = [m for m in self.config.allowed_models(category) if m in info.models]
+        idx = [info.models.index(m) for m in allowed]
+        heads = self.scorer.predict(features).take(idx)
+        if not np.all(np.isfinite(heads.quality)):
+            raise ValueError("policy returned non-finite quality")
+        corrected = type(heads)(heads.quality + self.online.adjustment(category, allowed), heads.cost_usd,
+                                heads.latency_ms)
+        util = utilities(corrected, pref, info.ref_cost_usd, info.ref_latency_ms)
+        c = choose(allowed, util, self.config.exploration, rng)
         return Decision(**common, model=c.model, candidates=c.candidates, action_probs=c.action_probs,
-                        propensity=c.propensity, policy=cfg.exploration.kind, decision_ms=_ms(t0),
-                        predicted_quality={m: float(quality[i]) for m, i in zip(allowed, idx)})
+                        propensity=c.propensity, policy=self.config.exploration.kind, decision_ms=_ms(t0),
+                        predicted_quality={m: float(q) for m, q in zip(allowed, heads.quality)})
 
-    def _fallback(self, common: dict, t0: float) -> Decision:
+    def _fallback(self, common: dict[str, Any], t0: float) -> Decision:
         m = self.config.fallback_model
         return Decision(**common, model=m, candidates=(m,), action_probs=(1.0,), propensity=1.0,
                         policy="fallback", decision_ms=_ms(t0))

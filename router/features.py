@@ -1,22 +1,32 @@
 """The one featurization used by training and serving alike.
 
-The policy's context vector = cheap text statistics of the prompt + the classifier's category
-probabilities (in taxonomy order). Training imports ``featurize`` from here and never re-implements a
-feature, so training/serving skew is impossible by construction. Bump ``FEATURE_VERSION`` whenever a
-feature changes meaning; bundles trained with another version are refused at load.
+The policy's context vector = cheap text statistics + a hashed bag of words/bigrams of the prompt +
+the classifier's category probabilities (in taxonomy order). Training imports ``featurize`` from
+here and never re-implements a feature, so training/serving skew is impossible by construction. Bump
+``FEATURE_VERSION`` whenever a feature changes meaning; bundles trained with another version are
+refused at load.
+
+Cost is bounded for any input: character statistics are regex scans of at most ``STATS_WINDOW``
+characters (both ends of long prompts), and the hashed sketch reads at most ``SKETCH_TOKENS // 2``
+tokens from each end (the question usually sits at one end). Only the length features see everything.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
 
 from router.types import FloatArray
 
-FEATURE_VERSION = "1"
+FEATURE_VERSION = "2"
+SKETCH_DIM = 64
+SKETCH_TOKENS = 256
+STATS_WINDOW = 4_000
 
 TEXT_FEATURE_NAMES: tuple[str, ...] = (
     "log_chars",
@@ -31,12 +41,17 @@ TEXT_FEATURE_NAMES: tuple[str, ...] = (
     "has_question",
     "has_code_fence",
 )
-_CODE_SYMBOLS = frozenset("{}[]();=<>_#$\\`")
-_MATH_SYMBOLS = frozenset("+-*/^=%√∑∫π")
+SKETCH_FEATURE_NAMES: tuple[str, ...] = tuple(f"h{i:02d}" for i in range(SKETCH_DIM))
+_DIGITS = re.compile(r"\d")
+_UPPER = re.compile(r"[A-Z\u00C0-\u00DE\u0391-\u03A9\u0410-\u042F]")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_CODE = re.compile(r"[{}\[\]();=<>_#$\\`]")
+_MATH = re.compile(r"[+\-*/^=%√∑∫π]")
+_TOKEN = re.compile(r"\w+")
 
 
 def feature_names(taxonomy: Sequence[str]) -> tuple[str, ...]:
-    return TEXT_FEATURE_NAMES + tuple(f"p_{c}" for c in taxonomy)
+    return TEXT_FEATURE_NAMES + SKETCH_FEATURE_NAMES + tuple(f"p_{c}" for c in taxonomy)
 
 
 def feature_spec_hash(taxonomy: Sequence[str]) -> str:
@@ -45,37 +60,48 @@ def feature_spec_hash(taxonomy: Sequence[str]) -> str:
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
+def _ends(text: str, n_chars: int) -> str:
+    return text if len(text) <= n_chars else text[: n_chars // 2] + "\n" + text[-(n_chars // 2):]
+
+
 def text_features(text: str, n_turns: int = 1) -> FloatArray:
-    n = max(len(text), 1)
-    counts = _char_counts(text)
+    w = _ends(text, STATS_WINDOW)
+    n = max(len(w), 1)
     values = (
         math.log1p(len(text)),
-        math.log1p(len(text.split())),
-        math.log1p(text.count("\n") + 1),
+        math.log1p(len(w.split()) * len(text) / n),  # word and line counts scaled up from the window
+        math.log1p((w.count("\n") + 1) * len(text) / n),
         math.log1p(max(n_turns, 1)),
-        counts["digit"] / n,
-        counts["upper"] / n,
-        counts["non_ascii"] / n,
-        counts["code"] / n,
-        counts["math"] / n,
+        len(_DIGITS.findall(w)) / n,
+        len(_UPPER.findall(w)) / n,
+        len(_NON_ASCII.findall(w)) / n,
+        len(_CODE.findall(w)) / n,
+        len(_MATH.findall(w)) / n,
         float("?" in text),
         float("```" in text),
     )
     return np.asarray(values, dtype=np.float32)
 
 
+def text_sketch(text: str) -> FloatArray:
+    """Signed feature hashing of lowercase unigrams + bigrams into ``SKETCH_DIM`` buckets, L2-normed.
+
+    crc32 (not ``hash``) so every process agrees; the sign bit halves collision bias.
+    """
+    half = SKETCH_TOKENS // 2
+    head = _TOKEN.findall(text[: 16 * half].lower())[:half]
+    tail = _TOKEN.findall(text[-16 * half:].lower())[-half:] if len(text) > 16 * half else []
+    tokens = head + tail
+    vec = np.zeros(SKETCH_DIM, dtype=np.float32)
+    grams = tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]
+    for g in grams:
+        h = zlib.crc32(g.encode("utf-8", "replace"))
+        vec[h % SKETCH_DIM] += 1.0 if (h >> 16) & 1 else -1.0
+    norm = float(np.linalg.norm(vec))
+    return vec / norm if norm else vec
+
+
 def featurize(text: str, category_probs: Sequence[float] | FloatArray, n_turns: int = 1) -> FloatArray:
-    """Context features for the model policy: shape ``(len(TEXT_FEATURE_NAMES) + n_categories,)``."""
+    """Context features for the model policy: shape ``(len(feature_names(taxonomy)),)``."""
     probs = np.asarray(category_probs, dtype=np.float32).reshape(-1)
-    return np.concatenate([text_features(text, n_turns), probs])
-
-
-def _char_counts(text: str) -> dict[str, int]:
-    digit = upper = non_ascii = code = maths = 0
-    for ch in text:
-        digit += ch.isdigit()
-        upper += ch.isupper()
-        non_ascii += ord(ch) > 127
-        code += ch in _CODE_SYMBOLS
-        maths += ch in _MATH_SYMBOLS
-    return {"digit": digit, "upper": upper, "non_ascii": non_ascii, "code": code, "math": maths}
+    return np.concatenate([text_features(text, n_turns), text_sketch(text), probs])

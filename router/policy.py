@@ -1,25 +1,136 @@
-"""Model choice: predicted quality from ``policy.onnx``, a run-time preference, epsilon-greedy.
+"""Model choice: predicted quality, cost and latency heads + a run-time preference + exploration.
 
-The utility of model m for a request is::
+``policy.onnx`` predicts three heads per candidate model. The utility of model m is::
 
-    u_m = w_q * q_m  -  w_c * cost_m / max_k cost_k  -  w_l * latency_m / max_k latency_k
+    u_m = w_q * quality_m  -  w_c * cost_m / ref_cost  -  w_l * latency_m / ref_latency
 
-over the allowed candidates only; costs and latencies are normalised per request so the weights are
-unit-free and can be changed at run time without retraining. Exploration is epsilon-greedy: every
-candidate gets ``epsilon / K`` and the best gets the rest, so each logged propensity is exact.
+with ``ref_cost``/``ref_latency`` fixed at training (the costliest/slowest model's mean), so a weight
+means the same thing for every request and can be changed per request without retraining: cost
+weight 1 = "give up one quality point to avoid the costliest model's average bill".
+
+Exploration draws the action from a distribution that is a deterministic function of the utilities,
+so the logged propensity is exact: epsilon-greedy (``epsilon/K`` everywhere, the rest on the argmax)
+or softmax (``exp(u/T)``, normalised).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
+from pydantic import Field
 
-from router.config import ModelSpec, Preference
+from router.config import Exploration, ModelSpec, Preference, _Frozen
 from router.errors import ArtifactError
 from router.types import FloatArray
+
+HEADS = ("quality", "cost", "latency")
+
+
+class OnlineBounds(_Frozen):
+    """Limits the offline model sets on the serving-time correction (``router.online``)."""
+
+    max_adjust: float = Field(default=0.1, ge=0, le=1)
+    discount: float = Field(default=0.98, gt=0, le=1)
+    prior_weight: float = Field(default=10.0, ge=0)
+
+
+class PolicyInfo(_Frozen):
+    """How to read ``policy.onnx`` (stored as ``manifest.policy``).
+
+    ``layout="model_feature"``: input ``features`` is (K, d + K) -- the context repeated per candidate
+    with a one-hot model id appended; each head output is (K, 1). ``layout="per_arm"``: input (1, d);
+    each head output is (1, K). Heads in ``log_heads`` are predicted in log space.
+    """
+
+    kind: str
+    variant: str = "dm"
+    layout: Literal["model_feature", "per_arm"]
+    models: tuple[str, ...]
+    n_context: int = Field(gt=0)
+    log_heads: tuple[str, ...] = ("cost", "latency")
+    ref_cost_usd: float = Field(gt=0)
+    ref_latency_ms: float = Field(gt=0)
+    online: OnlineBounds = OnlineBounds()
+
+
+@dataclass(frozen=True, slots=True)
+class HeadPredictions:
+    quality: FloatArray
+    cost_usd: FloatArray
+    latency_ms: FloatArray
+
+    def take(self, idx: Sequence[int]) -> HeadPredictions:
+        i = np.asarray(idx, dtype=np.int64)
+        return HeadPredictions(self.quality[i], self.cost_usd[i], self.latency_ms[i])
+
+
+class PolicyScorer:
+    """Runs ``policy.onnx`` for one context and returns the three heads for every catalogue model."""
+
+    def __init__(self, session: ort.InferenceSession, info: PolicyInfo) -> None:
+        self.session = session
+        self.info = info
+        outputs = [o.name for o in session.get_outputs()]
+        missing = [h for h in HEADS if h not in outputs]
+        if missing:
+            raise ArtifactError(f"policy.onnx has outputs {outputs}; missing head(s) {missing}")
+        k = len(info.models)
+        self._eye = np.eye(k, dtype=np.float32)
+
+    def predict_batch(self, features: FloatArray) -> HeadPredictions:
+        """``features`` (N, d) -> heads of shape (N, K)."""
+        x = np.asarray(features, dtype=np.float32).reshape(-1, self.info.n_context)
+        n, k = x.shape[0], len(self.info.models)
+        if self.info.layout == "model_feature":
+            rows = np.concatenate([np.repeat(x, k, axis=0), np.tile(self._eye, (n, 1))], axis=1)
+            outs = self.session.run(list(HEADS), {"features": rows})
+            q, c, l = (np.asarray(o, dtype=np.float32).reshape(n, k) for o in outs)
+        else:
+            outs = self.session.run(list(HEADS), {"features": x})
+            q, c, l = (np.asarray(o, dtype=np.float32).reshape(n, k) for o in outs)
+        if "cost" in self.info.log_heads:
+            c = np.exp(c)
+        if "latency" in self.info.log_heads:
+            l = np.exp(l)
+        return HeadPredictions(q, c, l)
+
+    def predict(self, features: FloatArray) -> HeadPredictions:
+        p = self.predict_batch(features)
+        return HeadPredictions(p.quality[0], p.cost_usd[0], p.latency_ms[0])
+
+
+def estimate_cost_usd(spec: ModelSpec, input_tokens: int, output_tokens: float) -> float:
+    return (spec.price_in_per_1k * input_tokens + spec.price_out_per_1k * output_tokens) / 1000.0
+
+
+def utilities(heads: HeadPredictions, pref: Preference, ref_cost_usd: float, ref_latency_ms: float) -> FloatArray:
+    return (pref.quality * heads.quality - pref.cost * heads.cost_usd / ref_cost_usd
+            - pref.latency * heads.latency_ms / ref_latency_ms).astype(np.float32)
+
+
+def epsilon_greedy_probs(utility: FloatArray, epsilon: float) -> FloatArray:
+    """``epsilon/K`` everywhere plus ``1 - epsilon`` on the argmax (first index on ties, so the
+    distribution is a deterministic function of the utilities)."""
+    k = utility.shape[0]
+    probs = np.full(k, epsilon / k, dtype=np.float64)
+    probs[int(np.argmax(utility))] += 1.0 - epsilon
+    return probs
+
+
+def softmax_probs(utility: FloatArray, temperature: float) -> FloatArray:
+    z = (np.asarray(utility, dtype=np.float64) - float(np.max(utility))) / temperature
+    e = np.exp(z)
+    return e / e.sum()
+
+
+def action_probs(utility: FloatArray, exploration: Exploration) -> FloatArray:
+    if exploration.kind == "softmax":
+        return softmax_probs(utility, exploration.temperature)
+    return epsilon_greedy_probs(utility, exploration.epsilon)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,44 +142,9 @@ class Choice:
     utilities: tuple[float, ...]
 
 
-class RewardModel:
-    """Runs ``policy.onnx`` (input ``features``: float32 (N, d); output (N, K) predicted quality)."""
-
-    def __init__(self, session: ort.InferenceSession, models: Sequence[str]) -> None:
-        self.session = session
-        self.models = tuple(models)
-        self._output = session.get_outputs()[0].name
-        width = session.get_outputs()[0].shape[-1]
-        if isinstance(width, int) and width != len(self.models):
-            raise ArtifactError(f"policy.onnx predicts {width} models; the manifest lists {len(self.models)}")
-
-    def predict(self, features: FloatArray) -> FloatArray:
-        x = np.asarray(features, dtype=np.float32).reshape(-1, features.shape[-1])
-        (q,) = self.session.run([self._output], {"features": x})
-        return np.asarray(q, dtype=np.float32).reshape(x.shape[0], len(self.models))
-
-
-def estimate_cost_usd(spec: ModelSpec, input_tokens: int, output_tokens: float) -> float:
-    return (spec.price_in_per_1k * input_tokens + spec.price_out_per_1k * output_tokens) / 1000.0
-
-
-def utilities(quality: FloatArray, cost_usd: FloatArray, latency_ms: FloatArray, pref: Preference) -> FloatArray:
-    cost_rel = cost_usd / max(float(cost_usd.max()), 1e-12)
-    lat_rel = latency_ms / max(float(latency_ms.max()), 1e-12)
-    return (pref.quality * quality - pref.cost * cost_rel - pref.latency * lat_rel).astype(np.float32)
-
-
-def epsilon_greedy_probs(utility: FloatArray, epsilon: float) -> FloatArray:
-    """Probability of each candidate: ``epsilon/K`` everywhere plus ``1 - epsilon`` on the argmax
-    (first index on ties, so the distribution is a deterministic function of the utilities)."""
-    k = utility.shape[0]
-    probs = np.full(k, epsilon / k, dtype=np.float64)
-    probs[int(np.argmax(utility))] += 1.0 - epsilon
-    return probs
-
-
-def choose(candidates: Sequence[str], utility: FloatArray, epsilon: float, rng: np.random.Generator) -> Choice:
-    probs = epsilon_greedy_probs(utility, epsilon)
+def choose(candidates: Sequence[str], utility: FloatArray, exploration: Exploration,
+           rng: np.random.Generator) -> Choice:
+    probs = action_probs(utility, exploration)
     idx = int(rng.choice(len(candidates), p=probs))
     return Choice(
         model=candidates[idx],

@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from router.config import Preference
 from router.errors import RequestError
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
@@ -27,6 +28,7 @@ class Request:
     tenant: str = "default"
     user_id: str = ""
     max_tokens: int | None = None
+    preference: Preference | None = None
 
     @property
     def prompt(self) -> str:
@@ -120,3 +122,23 @@ def _text_parts(where: str, parts: list[Any]) -> list[str]:
                                    field=f"{where}.content[{j}].text")
             texts.append(text)
     return texts
+
+
+def parse_preference(header: str) -> Preference:
+    """``x-turnout-preference: quality=1,cost=0.3,latency=0.1`` (missing keys keep their defaults)."""
+    values: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in header.split(","))):
+        key, sep, raw = part.partition("=")
+        key = key.strip()
+        if not sep or key not in Preference.model_fields:
+            raise RequestError(f"x-turnout-preference: expected key=value pairs with keys "
+                               f"{', '.join(Preference.model_fields)}; got {part!r}", field="x-turnout-preference")
+        try:
+            values[key] = float(raw)
+        except ValueError as e:
+            raise RequestError(f"x-turnout-preference: {key} must be a number; got {raw.strip()!r}",
+                               field="x-turnout-preference") from e
+        if not values[key] >= 0 or values[key] == float("inf"):
+            raise RequestError(f"x-turnout-preference: {key} must be a finite number >= 0; got {raw.strip()!r}",
+                               field="x-turnout-preference")
+    return Preference(**values)

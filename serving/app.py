@@ -121,7 +121,8 @@ class Gateway:
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
         self._ensure_flusher()
-        reply = await self.core.chat(await request.body())
+        reply = await self.core.chat(await request.body(),
+                                     preference_header=request.headers.get("x-turnout-preference"))
         if reply.stream:
             return StreamingResponse(_sse(reply.body), media_type="text/event-stream")
         return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ from router.errors import RequestError
 from router.features import FEATURE_VERSION
 from router.log_schema import LogRecord, dumps_stats
 from router.policy import estimate_cost_usd
-from router.request import Request, decode_json_object, parse_messages
+from router.request import Request, decode_json_object, parse_messages, parse_preference
 from serving.backends import BackendError, ModelReply
 from serving.decision_log import DecisionLogWriter
 
@@ -57,15 +57,18 @@ class GatewayCore:
         data += [{"id": m.name, "object": "model", "owned_by": "turnout"} for m in cfg.models]
         return {"object": "list", "data": data}
 
-    async def chat(self, raw: bytes, *, tenant: str = "default") -> Reply:
+    async def chat(self, raw: bytes, *, tenant: str = "default", preference_header: str | None = None) -> Reply:
         try:
             body = parse_body(raw)
             request, pinned = self._request(body, tenant)
+            if preference_header:
+                request = replace(request, preference=parse_preference(preference_header))
         except RequestError as e:
             return error_reply(e.status, str(e), e.field)
         now = time.time()
         t0 = time.perf_counter()
-        decision = self.router.decide(request, now_s=now, rng=self.rng, preference=self.preference)
+        decision = self.router.decide(request, now_s=now, rng=self.rng,
+                                      preference=request.preference or self.preference)
         if pinned:
             decision = pin(decision, pinned)
         if decision.cache_hit is not None:
@@ -76,6 +79,8 @@ class GatewayCore:
             self._log(request, decision, now, t0, None, error=str(e))
             return error_reply(e.status, f"model {decision.model!r} failed: {e}", kind="upstream_error")
         self.router.remember(request, decision, reply.result.text, now)
+        if reply.result.quality is not None:
+            self.router.observe(decision, reply.result.quality)
         return self._answer(request, decision, reply.result.text, reply, now, t0, body)
 
     def _request(self, body: dict[str, Any], tenant: str) -> tuple[Request, str | None]:
@@ -151,7 +156,5 @@ def parse_body(raw: bytes) -> dict[str, Any]:
 
 def pin(decision: Decision, model: str) -> Decision:
     """The client named a model: honour it, logged as a forced action with propensity 1."""
-    from dataclasses import replace
-
     return replace(decision, model=model, candidates=(model,), action_probs=(1.0,), propensity=1.0, policy="pinned",
                    cache_hit=None if decision.cache_hit and decision.cache_hit.model != model else decision.cache_hit)

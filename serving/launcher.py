@@ -81,6 +81,7 @@ def stop() -> None:
     from ray import serve
 
     try:
+        serve.delete(APP_NAME)  # graceful: replicas drain and run __del__ (the gateway flushes its log)
         serve.shutdown()
     finally:
         ray.shutdown()

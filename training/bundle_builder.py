@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from router.bundle import Bundle, PolicyInfo, write_bundle
+from router.bundle import Bundle, write_bundle
 from router.cache import CachePolicy
 from router.classifier import CategoryClassifier
 from router.config import RouterConfig
@@ -23,7 +23,7 @@ from router.features import featurize
 from router.log_schema import read_logs
 from router.onnx_session import make_session
 from training.classifier import CategoryTrainer
-from training.policy import RewardModelTrainer
+from training.policy import FittedPolicy, LoggedBandit, fit_policy
 
 Step = Callable[[str], None]
 
@@ -82,28 +82,25 @@ def policy_rows(table: pa.Table) -> pa.Table:
     return table.filter(keep)
 
 
-def fit_policy(table: pa.Table, features: np.ndarray, cfg: RouterConfig, seed: int) -> tuple[bytes, PolicyInfo, dict]:
-    models, chosen = cfg.model_names, np.array(table.column("model").to_pylist())
-    quality = np.array(table.column("quality").to_pylist(), dtype=np.float64)
-    train, hold = split_holdout(len(chosen), 0.2, seed)
-    probe = RewardModelTrainer(models).fit(features[train], chosen[train], quality[train])
-    pred = probe.predict(features[hold])
-    cols = np.array([models.index(m) for m in chosen[hold]])
-    mae = float(np.mean(np.abs(pred[np.arange(len(hold)), cols] - quality[hold])))
-    final = RewardModelTrainer(models).fit(features, chosen, quality)
-    info = PolicyInfo(kind="ridge_reward_model", models=models,
-                      mean_output_tokens=_mean_by_model(table, "output_tokens", models, 200.0),
-                      mean_latency_ms=_mean_by_model(table, "latency_ms", models, 1000.0))
-    return final.to_onnx(), info, {"holdout_quality_mae": mae, "n_train": int(len(chosen))}
+def logged_bandit(table: pa.Table, features: np.ndarray, models: Sequence[str]) -> LoggedBandit:
+    chosen = table.column("model").to_pylist()
+    unknown = sorted(set(chosen) - set(models))
+    if unknown:
+        raise ValueError(f"logs contain model(s) {unknown} that are not in the catalogue {list(models)}")
+    latency = np.array([v if v is not None else 0.0 for v in table.column("latency_ms").to_pylist()])
+    cost = np.array([v if v is not None else 0.0 for v in table.column("cost_usd").to_pylist()])
+    return LoggedBandit(features=features.astype(np.float32), action=np.array([models.index(m) for m in chosen]),
+                        propensity=np.array(table.column("propensity").to_pylist(), dtype=np.float64),
+                        quality=np.array(table.column("quality").to_pylist(), dtype=np.float64),
+                        cost=cost, latency=latency, models=tuple(models))
 
 
-def _mean_by_model(table: pa.Table, column: str, models: Sequence[str], default: float) -> dict[str, float]:
-    chosen, values = table.column("model").to_pylist(), table.column(column).to_pylist()
-    out = {}
-    for m in models:
-        xs = [v for c, v in zip(chosen, values) if c == m and v is not None]
-        out[m] = float(np.mean(xs)) if xs else default
-    return out
+def bandit_rows(table: pa.Table) -> pa.Table:
+    """Rounds a policy may learn from: logged by a policy with a known propensity (not pinned by the
+    client, not a cache hit), the model succeeded, and quality is known."""
+    rows = policy_rows(table)
+    keep = [p not in ("pinned", "cache") for p in rows.column("policy").to_pylist()]
+    return rows.filter(pa.array(keep, type=pa.bool_()))
 
 
 def build_bundle(logs: str | Path, cfg: RouterConfig, out: str | Path, *, labelled: Sequence[Path] = (),
@@ -116,16 +113,36 @@ def build_bundle(logs: str | Path, cfg: RouterConfig, out: str | Path, *, labell
     step(f"fitting the category classifier on {len(data.texts)} labelled prompts")
     clf_bytes, clf_metrics = fit_classifier(data, cfg, seed)
     classifier = CategoryClassifier(make_session(clf_bytes), cfg.taxonomy)
-    rows = policy_rows(table)
-    step(f"featurizing {rows.num_rows} logged outcomes with the exported classifier")
-    features = policy_features(rows, classifier)
-    step("fitting the per-model reward model")
-    pol_bytes, info, pol_metrics = fit_policy(rows, features, cfg, seed)
+    policy = train_policy(table, classifier, cfg, seed, step)
     cache_json = CachePolicy.from_router_config(cfg).model_dump_json(indent=2).encode()
-    files = {"classifier.onnx": clf_bytes, "policy.onnx": pol_bytes, "cache_policy.json": cache_json}
-    metrics = {"classifier": clf_metrics, "policy": pol_metrics, "logs_rows": table.num_rows}
+    files = {"classifier.onnx": clf_bytes, **policy.files, "cache_policy.json": cache_json}
+    metrics = {"classifier": clf_metrics, "policy": policy.metrics, "logs_rows": table.num_rows}
     step(f"writing bundle to {out}")
-    return write_bundle(out, files, router=cfg, policy=info, metrics=metrics, bundle_version=bundle_version)
+    return write_bundle(out, files, router=cfg, policy=policy.info, metrics=metrics, bundle_version=bundle_version)
+
+
+def train_policy(table: pa.Table, classifier: CategoryClassifier, cfg: RouterConfig, seed: int,
+                 step: Step = lambda _: None) -> FittedPolicy:
+    rows = bandit_rows(table)
+    step(f"featurizing {rows.num_rows} logged outcomes with the exported classifier")
+    data = logged_bandit(rows, policy_features(rows, classifier), cfg.model_names)
+    step("fitting policy variants (gbdt-dm, gbdt-ips, linucb) and choosing by held-out DR value")
+    return fit_policy(data, cfg.preference, seed=seed)
+
+
+def retrain_policy(logs: str | Path, current: Bundle, out: str | Path, *, seed: int = 0,
+                   bundle_version: str | None = None, step: Step = lambda _: None) -> Bundle:
+    """``turnout train policy``: keep the current bundle's classifier and cache policy, refit the policy."""
+    step(f"reading logs from {logs}")
+    table = read_logs(logs)
+    cfg = current.manifest.router
+    classifier = CategoryClassifier(make_session(current.file("classifier.onnx")), cfg.taxonomy)
+    policy = train_policy(table, classifier, cfg, seed, step)
+    files = {n: current.file(n).read_bytes() for n in current.manifest.files if n != "policy.onnx"}
+    metrics = {**current.manifest.metrics, "policy": policy.metrics, "logs_rows": table.num_rows}
+    step(f"writing bundle to {out}")
+    return write_bundle(out, {**files, **policy.files}, router=cfg, policy=policy.info, metrics=metrics,
+                        bundle_version=bundle_version)
 
 
 def metrics_json(bundle: Bundle) -> str:

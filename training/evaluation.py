@@ -15,8 +15,8 @@ from router.config import Preference
 from router.decision import Router
 from router.features import featurize
 from router.log_schema import read_logs
-from router.policy import epsilon_greedy_probs, estimate_cost_usd, utilities
-from training.bundle_builder import policy_rows
+from router.policy import HeadPredictions, action_probs, utilities
+from training.bundle_builder import bandit_rows
 from training.ope import OPEBatch, evaluate
 
 
@@ -53,43 +53,38 @@ def eval_classifier(bundle: Bundle, texts: Sequence[str], labels: Sequence[str],
     return report
 
 
-def ope_batch(bundle: Bundle, table: pa.Table, preference: Preference | None = None,
-              epsilon: float | None = None) -> OPEBatch:
-    """Target = the bundle's policy (greedy on predicted utility, with its own epsilon) restricted to
-    each logged round's candidates; reward = logged quality."""
+def ope_batch(bundle: Bundle, table: pa.Table, preference: Preference | None = None) -> OPEBatch:
+    """Target = the bundle's policy with its own exploration, restricted to each logged round's
+    candidates; reward = logged quality; DM/DR use the bundle's own quality head."""
     router = Router(bundle)
-    cfg, pol = bundle.manifest.router, bundle.manifest.policy
+    cfg, info = bundle.manifest.router, bundle.manifest.policy
     pref = preference or cfg.preference
-    eps = cfg.exploration.epsilon if epsilon is None else epsilon
     prompts, turns = table.column("prompt").to_pylist(), table.column("n_turns").to_pylist()
     probs = router.classifier.predict_proba(prompts)
-    feats = np.stack([featurize(p, pr, t) for p, pr, t in zip(prompts, probs, turns)])
-    q_all = router.reward.predict(feats)
-    rows = zip(table.column("candidates").to_pylist(), table.column("model").to_pylist(),
-               table.column("input_tokens").to_pylist())
+    heads = router.scorer.predict_batch(np.stack([featurize(p, pr, t) for p, pr, t in zip(prompts, probs, turns)]))
     target_prob, q_logged, q_target = [], [], []
-    for i, (cands, model, tokens) in enumerate(rows):
-        idx = [pol.models.index(m) for m in cands]
-        cost = np.array([estimate_cost_usd(cfg.model(m), tokens, pol.mean_output_tokens[m]) for m in cands])
-        lat = np.array([pol.mean_latency_ms[m] for m in cands])
-        pi = epsilon_greedy_probs(utilities(q_all[i, idx], cost, lat, pref), eps)
+    for i, (cands, model) in enumerate(zip(table.column("candidates").to_pylist(), table.column("model").to_pylist())):
+        idx = [info.models.index(m) for m in cands]
+        h = HeadPredictions(heads.quality[i], heads.cost_usd[i], heads.latency_ms[i]).take(idx)
+        pi = action_probs(utilities(h, pref, info.ref_cost_usd, info.ref_latency_ms), cfg.exploration)
         j = cands.index(model)
+        q = np.clip(h.quality, 0.0, 1.0)
         target_prob.append(pi[j])
-        q_logged.append(q_all[i, idx[j]])
-        q_target.append(float(np.dot(pi, q_all[i, idx])))
+        q_logged.append(q[j])
+        q_target.append(float(np.dot(pi, q)))
     return OPEBatch(reward=np.array(table.column("quality").to_pylist(), dtype=np.float64),
                     propensity=np.array(table.column("propensity").to_pylist(), dtype=np.float64),
                     target_prob=np.array(target_prob), q_logged=np.array(q_logged), q_target=np.array(q_target))
 
 
 def run_ope(bundle: Bundle, logs: str | Path, *, n_bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
-    table = policy_rows(read_logs(logs))
-    table = table.filter(pa.array([p != "fallback" and p != "pinned" for p in table.column("policy").to_pylist()]))
+    table = bandit_rows(read_logs(logs))
+    table = table.filter(pa.array([p != "fallback" for p in table.column("policy").to_pylist()], type=pa.bool_()))
     if table.num_rows == 0:
         raise ValueError(f"{logs}: no logged rounds with quality and a model decision to evaluate")
     b = ope_batch(bundle, table)
     est = evaluate(b, n_bootstrap=n_bootstrap, seed=seed)
     return {"n": int(table.num_rows), "logged_policy_value": float(np.mean(b.reward)),
             "effective_sample_size": float(b.weight.sum() ** 2 / max(float((b.weight ** 2).sum()), 1e-12)),
-            "estimates": {k: {"value": v.value, "ci95": [v.low, v.high]} for k, v in est.items()},
+            "estimates": {k: {"estimate": v.value, "ci_low": v.low, "ci_high": v.high} for k, v in est.items()},
             "bundle_version": bundle.version}

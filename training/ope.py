@@ -9,6 +9,7 @@ for the logged action ``q_logged`` (n,) and its expectation under the target ``q
     SNIPS = sum(w r) / sum(w)
     DM    = mean(q_target)
     DR    = mean(q_target + w (r - q_logged))
+    SwitchDR = mean(q_target + 1[w <= tau] w (r - q_logged))
 
 Each estimator is a frozen dataclass with a ``name``; ``estimate_interval`` is a seeded percentile
 bootstrap. Composition of per-sample terms, not inheritance (../shared/STYLE.md §6).
@@ -86,9 +87,23 @@ class DoublyRobust:
         return float(np.mean(dr_terms(b)))
 
 
-Estimator = InverseProbabilityWeighting | SelfNormalizedIPS | DirectMethod | DoublyRobust
+@dataclass(frozen=True, slots=True)
+class SwitchDoublyRobust:
+    """DR where the importance weight is small enough, DM where it exceeds ``tau`` (Wang et al. 2017):
+    ``mean(q_target + 1[w <= tau] * w * (r - q_logged))``. Trades a little bias for much less variance
+    when the target policy puts mass on actions the logger rarely took."""
+
+    tau: float = 20.0  # above 1/propensity of uniform logging over up to 20 models: plain DR there
+    name: str = "switch_dr"
+
+    def estimate(self, b: OPEBatch) -> float:
+        w = b.weight
+        return float(np.mean(b.q_target + np.where(w <= self.tau, w * (b.reward - b.q_logged), 0.0)))
+
+
+Estimator = InverseProbabilityWeighting | SelfNormalizedIPS | DirectMethod | DoublyRobust | SwitchDoublyRobust
 DEFAULT_ESTIMATORS: tuple[Estimator, ...] = (InverseProbabilityWeighting(), SelfNormalizedIPS(), DirectMethod(),
-                                             DoublyRobust())
+                                             DoublyRobust(), SwitchDoublyRobust())
 
 
 @dataclass(frozen=True, slots=True)

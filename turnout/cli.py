@@ -80,6 +80,27 @@ def cmd_train_bundle(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_policy(a: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from router.bundle import load_bundle
+    from training.bundle_builder import retrain_policy
+
+    console = Console(stderr=True)
+    bundle = retrain_policy(a.logs, load_bundle(a.bundle), a.out, seed=a.seed, bundle_version=a.version,
+                            step=lambda m: console.log(m))
+    _emit({"bundle": str(bundle.path), "bundle_version": bundle.version, "policy": bundle.manifest.metrics["policy"]})
+    return 0
+
+
+def cmd_eval_router(a: argparse.Namespace) -> int:
+    from training.router_eval import eval_router
+
+    report = eval_router(a.train, a.test, seed=a.seed, n_bootstrap=a.bootstrap)
+    _emit(report, a.out)
+    return 0
+
+
 def cmd_ope(a: argparse.Namespace) -> int:
     from router.bundle import load_bundle
     from training.evaluation import run_ope
@@ -182,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--seed", type=int, default=0)
     tb.add_argument("--version", default=None, help="bundle_version (default: UTC timestamp)")
     tb.set_defaults(func=cmd_train_bundle)
+    tp = tsub.add_parser("policy", help="refit the model policy on logs; keeps the bundle's classifier and cache policy")
+    tp.add_argument("--logs", required=True, help="directory of Parquet log shards (with propensities)")
+    tp.add_argument("--bundle", required=True, help="current bundle (classifier, catalogue, preference)")
+    tp.add_argument("--out", required=True, help="new bundle directory to write")
+    tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--version", default=None, help="bundle_version (default: UTC timestamp)")
+    tp.set_defaults(func=cmd_train_policy)
 
     ope = sub.add_parser("ope", help="off-policy evaluation of a bundle's policy on logged traffic")
     ope.add_argument("--logs", required=True)
@@ -200,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--json", action="store_true")
     ec.add_argument("--out", default=None)
     ec.set_defaults(func=cmd_eval_classifier)
+    er = esub.add_parser("router", help="policy from simulated bandit feedback on a full-information outcome table")
+    er.add_argument("--train", required=True, help='outcome table JSONL: {"prompt", "outcomes": {model: {"quality", "cost"}}}')
+    er.add_argument("--test", required=True)
+    er.add_argument("--out", required=True, help="REPORT.json")
+    er.add_argument("--seed", type=int, default=0)
+    er.add_argument("--bootstrap", type=int, default=200)
+    er.set_defaults(func=cmd_eval_router)
 
     sv = sub.add_parser("serve", help="run the Ray Serve application")
     sv.add_argument("--config", default="configs/serve.yaml")
@@ -233,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RouterError, ValueError, FileNotFoundError) as e:
         print(f"turnout: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `turnout ... | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytest
 from turnout.cli import main
 
 SUBCOMMANDS = [[], ["data"], ["data", "convert"], ["data", "schema"], ["data", "validate"], ["simulate"], ["train"],
-               ["train", "bundle"], ["ope"], ["eval"], ["eval", "classifier"], ["serve"], ["replay"], ["demo"]]
+               ["train", "bundle"], ["train", "policy"], ["ope"], ["eval"], ["eval", "classifier"], ["eval", "router"], ["serve"], ["replay"], ["demo"]]
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "turnout")
@@ -31,7 +31,7 @@ def test_simulate_train_ope_eval(configs_dir: Path, tmp_path: Path, capsys: pyte
     assert main(["ope", "--logs", str(logs), "--bundle", str(bundle), "--json", "--bootstrap", "20",
                  "--out", str(tmp_path / "ope.json")]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["bundle_version"] == "cli-test" and set(report["estimates"]) == {"ips", "snips", "dm", "dr"}
+    assert report["bundle_version"] == "cli-test" and set(report["estimates"]) == {"ips", "snips", "dm", "dr", "switch_dr"}
     assert json.loads((tmp_path / "ope.json").read_text()) == report
 
     labelled = tmp_path / "labelled.jsonl"
@@ -43,6 +43,12 @@ def test_simulate_train_ope_eval(configs_dir: Path, tmp_path: Path, capsys: pyte
     ev = json.loads(capsys.readouterr().out)
     assert {"accuracy", "macro_f1", "per_class", "latency_ms", "n"} <= set(ev) and ev["n"] == 3
     assert main(["data", "validate", str(logs)]) == 0
+    assert "900 valid records" in capsys.readouterr().out
+    assert main(["train", "policy", "--logs", str(logs), "--bundle", str(bundle), "--out", str(tmp_path / "b2"),
+                 "--version", "cli-test-2"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["policy"]["chosen"] in {"gbdt-dm", "gbdt-ips", "linucb"}
+    assert (tmp_path / "b2" / "classifier.onnx").read_bytes() == (bundle / "classifier.onnx").read_bytes()
 
 
 def test_data_schema_lists_every_field(capsys: pytest.CaptureFixture[str]) -> None:

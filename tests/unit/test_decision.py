@@ -8,6 +8,7 @@ import pytest
 
 from router.bundle import Bundle
 from router.config import Preference, RouterConfig
+from router.policy import HeadPredictions
 from router.decision import Decision, Router
 from router.features import feature_names
 from router.request import Message, Request
@@ -158,18 +159,18 @@ def test_remember_ignores_a_cache_hit(router: Router) -> None:
 # --- failures ------------------------------------------------------------------------------------------
 
 
-class RaisingReward:
-    models = ("small", "medium", "large")
+class RaisingScorer:
+    def __init__(self, info) -> None:  # type: ignore[no-untyped-def]
+        self.info = info
 
-    def predict(self, features: np.ndarray) -> np.ndarray:
+    def predict(self, features: np.ndarray) -> HeadPredictions:
         raise RuntimeError("onnxruntime exploded")
 
 
-class NanReward:
-    models = ("small", "medium", "large")
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        return np.full((1, 3), np.nan, dtype=np.float32)
+class NanScorer(RaisingScorer):
+    def predict(self, features: np.ndarray) -> HeadPredictions:
+        nan = np.full(3, np.nan, dtype=np.float32)
+        return HeadPredictions(nan, np.ones(3, dtype=np.float32), np.ones(3, dtype=np.float32))
 
 
 class NanClassifier:
@@ -186,7 +187,7 @@ class RaisingClassifier:
 
 
 def test_scoring_failure_falls_back(router: Router) -> None:
-    router.reward = RaisingReward()  # type: ignore[assignment]
+    router.scorer = RaisingScorer(router.scorer.info)  # type: ignore[assignment]
     for i, prompt in enumerate([CLEAR_PROMPTS["code"][0], CLEAR_PROMPTS["chat"][0]], start=1):
         d = router.decide(_req(prompt), now_s=0.0, rng=np.random.default_rng(0))
         assert (d.model, d.candidates, d.propensity, d.policy) == ("large", ("large",), 1.0, "fallback")
@@ -195,7 +196,7 @@ def test_scoring_failure_falls_back(router: Router) -> None:
 
 
 def test_nan_quality_is_a_scoring_failure(router: Router) -> None:
-    router.reward = NanReward()  # type: ignore[assignment]
+    router.scorer = NanScorer(router.scorer.info)  # type: ignore[assignment]
     d = router.decide(_req(CLEAR_PROMPTS["code"][0]), now_s=0.0, rng=np.random.default_rng(0))
     assert (d.model, d.policy, router.n_fallbacks) == ("large", "fallback", 1)
 

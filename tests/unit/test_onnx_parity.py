@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 
 from router.classifier import CategoryClassifier
-from router.features import featurize
 from router.onnx_session import make_session
-from router.policy import RewardModel
 from training.classifier import CategoryTrainer
-from training.policy import RewardModelTrainer
 from training.prompts import CATEGORIES, generate_prompt
 
 TRICKY = ["Fix my Python bug?!", "café crème, s'il vous plaît", "日本語に翻訳してください", "UPPER CASE TEXT",
@@ -35,18 +32,6 @@ def test_classifier_onnx_matches_sklearn(corpus: tuple[list[str], list[str]]) ->
     assert (exported.argmax(1) == native.argmax(1)).all()
 
 
-def test_reward_model_onnx_matches_ridge() -> None:
-    rng = np.random.default_rng(0)
-    models = ("small", "medium", "large")
-    probs = rng.dirichlet(np.ones(len(CATEGORIES)), size=600)
-    x = np.stack([featurize(generate_prompt(CATEGORIES[i % 6], rng).text, p) for i, p in enumerate(probs)])
-    chosen = rng.choice(models, size=len(x))
-    quality = rng.uniform(0, 1, size=len(x))
-    trainer = RewardModelTrainer(models).fit(x, chosen, quality)
-    onnx = RewardModel(make_session(trainer.to_onnx()), models)
-    np.testing.assert_allclose(onnx.predict(x.astype(np.float32)), trainer.predict(x), atol=1e-5)
-
-
 def test_bundle_onnx_matches_native_on_logged_prompts(bundle, sim_logs) -> None:  # type: ignore[no-untyped-def]
     """The shipped bundle, re-fitted natively from the same data, gives the same probabilities."""
     from router.log_schema import read_logs
@@ -65,8 +50,6 @@ def test_unfitted_trainers_say_so() -> None:
 
     with pytest.raises(NotFittedError, match="call fit"):
         CategoryTrainer(CATEGORIES).to_onnx()
-    with pytest.raises(NotFittedError, match="call fit"):
-        RewardModelTrainer(("a",)).predict(np.zeros((1, 3)))
 
 
 def test_classifier_rejects_labels_outside_taxonomy() -> None:

@@ -49,8 +49,8 @@ def test_bundle_ope_report(bundle, sim_logs) -> None:  # type: ignore[no-untyped
 
     report = run_ope(bundle, sim_logs, n_bootstrap=50)
     assert report["n"] == 2000
-    for name in ("ips", "snips", "dm", "dr"):
+    for name in ("ips", "snips", "dm", "dr", "switch_dr"):
         e = report["estimates"][name]
-        assert e["ci95"][0] <= e["value"] <= e["ci95"][1]
+        assert e["ci_low"] <= e["estimate"] <= e["ci_high"]
     # the learned greedy policy should beat the uniform logger on the simulated world
-    assert report["estimates"]["dr"]["value"] > report["logged_policy_value"]
+    assert report["estimates"]["dr"]["estimate"] > report["logged_policy_value"]

@@ -1,0 +1,274 @@
+"""``turnout data categories``: the labelled category set, built from the public datasets in ../shared/data.
+
+Writes JSONL rows ``{"text", "category", "source"}`` (the labelled-prompt format plus the source, which
+leave-one-source-out evaluation needs). Every row is a single user prompt as a user would type it:
+benchmark boilerplate that no user writes ("Answer:", "Print only a single choice ...", few-shot
+examples) is stripped so the classifier cannot learn a source's template instead of its content.
+
+==================  ===================================================  =====================================
+source              from                                                 category
+==================  ===================================================  =====================================
+mmlu                routellm/mmlu_responses/mmlu_<subject>.csv           knowledge; ``MMLU_MATH_SUBJECTS`` ->
+                                                                         math; ``MMLU_SKIPPED_SUBJECTS`` left out
+gsm8k               routellm/gsm8k/test.jsonl (question)                 math
+mt_bench            routellm/mt_bench/question.jsonl (first turn)        ``training.adapters.MT_BENCH_CATEGORIES``
+mbpp                routerbench_subset_routerdc/mbpp_*.csv               code
+arc                 routerbench_subset_routerdc/arc_challenge_*.csv      knowledge (the last, real question of
+                                                                         each few-shot prompt)
+clinc150            clinc150_oos/data_full.json (all splits)             small_talk -> chat, translate ->
+                                                                         translation, calculator -> math,
+                                                                         definition -> knowledge
+simulated           training.prompts.generate_prompt (seeded)            every category
+==================  ===================================================  =====================================
+
+Why ``simulated`` is in: public data is thin for *writing* (MT-Bench has 10 prompts) and *translation*
+(CLINC150's 150 "how do I say X in Y" questions) and has no code prompts beyond MBPP's one-line
+specifications. The simulated generator covers emails, cover letters, poems, stories, rewrites,
+"translate this paragraph to Dutch", debugging questions with tracebacks, etc. Its rows are marked
+``source="simulated"`` so every evaluation can report results with it held out. Winogrande (RouterBench)
+is left out: fill-in-the-blank sentence pairs are not a request a user sends.
+
+Balancing: at most ``per_class_max`` rows per category; inside a category the sources share the quota
+equally (a source with fewer rows gives its unused share to the others), so MMLU's 14k questions do
+not drown ARC and CLINC150. Deduplication is on whitespace/case-normalised text; a text seen with two
+different categories is dropped (ambiguous).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.adapters import CLINC_INTENT_CATEGORIES, MT_BENCH_CATEGORIES
+from training.formats import DataFormatError, iter_json_objects
+
+MMLU_MATH_SUBJECTS = frozenset({"abstract_algebra", "college_mathematics", "elementary_mathematics",
+                                "high_school_mathematics", "high_school_statistics"})
+# Questions about code listings: neither "knowledge" nor "code" in a router's sense; left out.
+MMLU_SKIPPED_SUBJECTS = frozenset({"college_computer_science", "high_school_computer_science"})
+SIMULATED_PER_CLASS = 600
+DEFAULT_PER_CLASS_MAX = 1500
+MIN_CHARS = 2
+
+_ANSWER_TAIL = re.compile(r"\s*(Print only a single choice[^\n]*)?\s*Answer:\s*$", re.S)
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryRow:
+    text: str
+    category: str
+    source: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"text": self.text, "category": self.category, "source": self.source}
+
+
+# ------------------------------------------------------------------------------------------- sources
+
+
+def mmlu_rows(folder: Path) -> Iterator[CategoryRow]:
+    paths = sorted(folder.glob("mmlu_*.csv"))
+    if not paths:
+        raise DataFormatError(f"categories: no mmlu_*.csv in {folder}")
+    for path in paths:
+        subject = path.stem.removeprefix("mmlu_")
+        if subject in MMLU_SKIPPED_SUBJECTS:
+            continue
+        category = "math" if subject in MMLU_MATH_SUBJECTS else "knowledge"
+        for record in _csv_rows(path, "prompt"):
+            yield CategoryRow(_strip_answer_tail(record["prompt"]), category, "mmlu")
+
+
+def gsm8k_rows(path: Path) -> Iterator[CategoryRow]:
+    for line_no, obj in iter_json_objects(path):
+        question = obj.get("question")
+        if not isinstance(question, str):
+            raise DataFormatError(f"{path}:{line_no}: field 'question' must be a string; got {question!r:.80}")
+        yield CategoryRow(question, "math", "gsm8k")
+
+
+def mt_bench_rows(path: Path) -> Iterator[CategoryRow]:
+    for line_no, obj in iter_json_objects(path):
+        turns, category = obj.get("turns"), obj.get("category")
+        if not isinstance(turns, list) or not turns or not isinstance(turns[0], str) or category not in MT_BENCH_CATEGORIES:
+            raise DataFormatError(f"{path}:{line_no}: expected 'turns' (list of str) and an MT-Bench 'category'")
+        yield CategoryRow(turns[0], MT_BENCH_CATEGORIES[category], "mt_bench")
+
+
+def routerbench_rows(folder: Path, task: str, category: str, source: str) -> Iterator[CategoryRow]:
+    import ast
+
+    paths = sorted(folder.glob(f"{task}_*.csv"))
+    if not paths:
+        raise DataFormatError(f"categories: no {task}_*.csv in {folder}")
+    for path in paths:
+        for record in _csv_rows(path, "prompt"):
+            try:
+                parts = ast.literal_eval(record["prompt"])
+            except (ValueError, SyntaxError) as e:
+                raise DataFormatError(f"{path}: prompt is not a Python list literal: {record['prompt']!r:.80}") from e
+            # Few-shot prompts: the blocks before the last are solved examples; the last is the question.
+            last = "\n".join(parts).strip().split("\n\n")[-1]
+            yield CategoryRow(_strip_answer_tail(last), category, source)
+
+
+def clinc_rows(folder: Path) -> Iterator[CategoryRow]:
+    domains = json.loads((folder / "domains.json").read_text(encoding="utf-8"))
+    intent_map = {**{i: "chat" for i in domains["small_talk"]}, **CLINC_INTENT_CATEGORIES}
+    data = json.loads((folder / "data_full.json").read_text(encoding="utf-8"))
+    for split in sorted(data):
+        for text, intent in data[split]:
+            if intent in intent_map:
+                yield CategoryRow(text, intent_map[intent], "clinc150")
+
+
+def simulated_rows(taxonomy: Sequence[str], n_per_class: int, seed: int) -> Iterator[CategoryRow]:
+    from training.prompts import CATEGORIES, generate_prompt
+
+    rng = np.random.default_rng(seed)
+    for category in taxonomy:
+        if category not in CATEGORIES:
+            continue
+        for _ in range(n_per_class):
+            yield CategoryRow(generate_prompt(category, rng).text, category, "simulated")
+
+
+def public_rows(shared_dir: Path) -> Iterator[CategoryRow]:
+    """Every labelled row of the public sources, in a fixed order."""
+    routellm, routerbench = shared_dir / "routellm", shared_dir / "routerbench_subset_routerdc"
+    yield from mmlu_rows(routellm / "mmlu_responses")
+    yield from gsm8k_rows(routellm / "gsm8k" / "test.jsonl")
+    yield from mt_bench_rows(routellm / "mt_bench" / "question.jsonl")
+    yield from routerbench_rows(routerbench, "mbpp", "code", "mbpp")
+    yield from routerbench_rows(routerbench, "arc_challenge", "knowledge", "arc")
+    yield from clinc_rows(shared_dir / "clinc150_oos")
+
+
+# ------------------------------------------------------------------------------------- build the set
+
+
+def build_category_set(shared_dir: Path, out: Path, *, seed: int = 0, per_class_max: int = DEFAULT_PER_CLASS_MAX,
+                       n_simulated_per_class: int = SIMULATED_PER_CLASS,
+                       taxonomy: Sequence[str] = ("code", "math", "writing", "knowledge", "chat", "translation"),
+                       ) -> dict[str, Any]:
+    """Build, balance, deduplicate and write the category set. Returns a summary::
+
+        {"out": str, "n_rows": int, "categories": {cat: n}, "sources": {src: n},
+         "by_category_source": {cat: {src: n}}, "n_duplicates": int, "n_ambiguous": int}
+    """
+    shared_dir, out = Path(shared_dir), Path(out)
+    if not shared_dir.is_dir():
+        raise DataFormatError(f"categories: shared data folder {shared_dir} does not exist")
+    if per_class_max < 1:
+        raise DataFormatError(f"categories: per_class_max must be >= 1; got {per_class_max}")
+    rows = [r for r in public_rows(shared_dir) if r.category in taxonomy]
+    rows += list(simulated_rows(taxonomy, n_simulated_per_class, seed))
+    rows, n_dup, n_amb = deduplicate(rows)
+    chosen = balance(rows, per_class_max, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as fh:
+        for row in chosen:
+            fh.write(json.dumps(row.to_json(), ensure_ascii=False) + "\n")
+    by_cs: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in chosen:
+        by_cs[r.category][r.source] += 1
+    return {"out": str(out), "n_rows": len(chosen),
+            "categories": dict(sorted(Counter(r.category for r in chosen).items())),
+            "sources": dict(sorted(Counter(r.source for r in chosen).items())),
+            "by_category_source": {c: dict(sorted(v.items())) for c, v in sorted(by_cs.items())},
+            "n_duplicates": n_dup, "n_ambiguous": n_amb}
+
+
+def deduplicate(rows: Sequence[CategoryRow]) -> tuple[list[CategoryRow], int, int]:
+    """Keep the first row of each normalised text; drop texts seen with two categories."""
+    first: dict[str, CategoryRow] = {}
+    ambiguous: set[str] = set()
+    n_dup = 0
+    for row in rows:
+        text = row.text.strip()
+        if len(text) < MIN_CHARS:
+            continue
+        key = " ".join(text.lower().split())
+        seen = first.get(key)
+        if seen is None:
+            first[key] = CategoryRow(text, row.category, row.source)
+        else:
+            n_dup += 1
+            if seen.category != row.category:
+                ambiguous.add(key)
+    kept = [r for k, r in first.items() if k not in ambiguous]
+    return kept, n_dup, len(ambiguous)
+
+
+def balance(rows: Sequence[CategoryRow], per_class_max: int, seed: int) -> list[CategoryRow]:
+    """At most ``per_class_max`` rows per category, sources sharing the quota equally (water-filling)."""
+    rng = np.random.default_rng(seed)
+    groups: dict[str, dict[str, list[CategoryRow]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        groups[r.category][r.source].append(r)
+    out: list[CategoryRow] = []
+    for category in sorted(groups):
+        by_source = groups[category]
+        quota = _water_fill({s: len(v) for s, v in by_source.items()}, per_class_max)
+        for source in sorted(by_source):
+            items = by_source[source]
+            idx = rng.permutation(len(items))[:quota[source]]
+            out += [items[i] for i in sorted(idx)]
+    order = rng.permutation(len(out))
+    return [out[i] for i in order]
+
+
+def _water_fill(sizes: dict[str, int], total: int) -> dict[str, int]:
+    quota = {s: 0 for s in sizes}
+    left, open_ = total, sorted(sizes, key=lambda s: sizes[s])
+    while open_ and left > 0:
+        share = left // len(open_)
+        s = open_[0]
+        if sizes[s] <= share:
+            quota[s] = sizes[s]
+            left -= sizes[s]
+            open_.pop(0)
+        else:
+            for i, s in enumerate(open_):
+                quota[s] = share + (1 if i < left - share * len(open_) else 0)
+            break
+    return quota
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _strip_answer_tail(text: str) -> str:
+    return _ANSWER_TAIL.sub("", text).strip()
+
+
+def _csv_rows(path: Path, *required: str) -> Iterator[dict[str, str]]:
+    csv.field_size_limit(2**31 - 1)
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataFormatError(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
+        yield from reader
+
+
+def read_category_set(paths: Sequence[Path]) -> tuple[list[str], list[str], list[str]]:
+    """Texts, categories and sources (``"unknown"`` when a row has none) of labelled JSONL files."""
+    from training.formats import read_jsonl
+
+    texts, labels, sources = [], [], []
+    for path in paths:
+        for row in read_jsonl(path, "labelled"):
+            texts.append(row.text)
+            labels.append(row.category)
+            src = row.extra.get("source")
+            sources.append(src if isinstance(src, str) else "unknown")
+    return texts, labels, sources
