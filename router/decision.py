@@ -76,23 +76,20 @@ class Router:
                preference: Preference | None = None) -> Decision:
         t0 = time.perf_counter()
         cfg = self.config
-        try:
-            probs = self.classifier.predict_proba([request.prompt])[0]
-            if not np.all(np.isfinite(probs)):
-                raise ValueError("classifier returned non-finite probabilities")
-        except Exception:  # an unusable classifier output: route safely, count it
-            self.n_fallbacks += 1
-            probs = np.full(len(cfg.taxonomy), np.nan, dtype=np.float32)
-        top = int(np.nanargmax(probs)) if np.isfinite(probs).any() else 0
+        probs = self._classify(request.prompt)
+        finite = probs is not None
+        if probs is None:  # unusable classifier output: fallback, with no category evidence
+            probs = np.zeros(len(cfg.taxonomy), dtype=np.float32)
+        top = int(np.argmax(probs))
         category, confidence = cfg.taxonomy[top], float(probs[top])
-        features = featurize(request.prompt, np.nan_to_num(probs), request.n_turns)
-        fallback = not confidence >= cfg.min_confidence  # NaN confidence -> fallback
+        features = featurize(request.prompt, probs, request.n_turns)
+        fallback = not finite or confidence < cfg.min_confidence
         tier: CacheTier = "skip" if fallback else self.cache.policy.for_category(category).tier
         hit = self.cache.lookup(request.tenant, category, tier, request.conversation, now_s)
         common: dict[str, Any] = dict(
-            request_id=request.request_id, category=category, category_probs=tuple(map(float, np.nan_to_num(probs))),
-            confidence=float(np.nan_to_num(confidence)), fallback=fallback, cache_tier=tier, cache_hit=hit,
-            features=tuple(map(float, features)), bundle_version=self.version)
+            request_id=request.request_id, category=category, category_probs=tuple(probs.tolist()),
+            confidence=confidence, fallback=fallback, cache_tier=tier, cache_hit=hit,
+            features=tuple(features.tolist()), bundle_version=self.version)
         if hit is not None:
             return Decision(**common, model=hit.model, candidates=(hit.model,), action_probs=(1.0,), propensity=1.0,
                             policy="cache", decision_ms=_ms(t0))
@@ -103,6 +100,17 @@ class Router:
         except Exception:  # a scoring failure must not fail the request; count it and fall back
             self.n_fallbacks += 1
             return self._fallback(common, t0)
+
+    def _classify(self, prompt: str) -> np.ndarray | None:
+        """Category probabilities, or None (counted) when the classifier fails or returns NaN/inf."""
+        try:
+            probs = self.classifier.predict_proba([prompt])[0]
+        except Exception:
+            probs = None
+        if probs is None or not np.isfinite(probs.sum()):
+            self.n_fallbacks += 1
+            return None
+        return probs
 
     def observe(self, decision: Decision, quality: float) -> None:
         """Feed an observed quality back into the online correction (policy decisions only)."""
@@ -122,7 +130,7 @@ class Router:
         allowed = [m for m in self.config.allowed_models(category) if m in info.models]
         idx = [info.models.index(m) for m in allowed]
         heads = self.scorer.predict(features).take(idx)
-        if not np.all(np.isfinite(heads.quality)):
+        if not np.isfinite(heads.quality.sum()):
             raise ValueError("policy returned non-finite quality")
         corrected = type(heads)(heads.quality + self.online.adjustment(category, allowed), heads.cost_usd,
                                 heads.latency_ms)
@@ -130,7 +138,7 @@ class Router:
         c = choose(allowed, util, self.config.exploration, rng)
         return Decision(**common, model=c.model, candidates=c.candidates, action_probs=c.action_probs,
                         propensity=c.propensity, policy=self.config.exploration.kind, decision_ms=_ms(t0),
-                        predicted_quality={m: float(q) for m, q in zip(allowed, heads.quality)})
+                        predicted_quality=dict(zip(allowed, heads.quality.tolist())))
 
     def _fallback(self, common: dict[str, Any], t0: float) -> Decision:
         m = self.config.fallback_model
