@@ -67,7 +67,7 @@ def convert(work: Path) -> dict[str, tuple[Path, Path]]:
     out = {"routerbench": (work / "routerbench" / "train.jsonl", work / "routerbench" / "test.jsonl")}
     rng = np.random.default_rng(0)
     for name in ("mmlu", "gsm8k"):
-        lines = (work / "routellm" / f"{name}.jsonl").read_text().splitlines()
+        lines = [ln for ln in (work / "routellm" / f"{name}.jsonl").read_text(encoding="utf-8").split("\n") if ln]  # not splitlines(): U+2028 may sit inside JSON strings
         idx = rng.permutation(len(lines))
         half = len(lines) // 2
         for part, sel in (("train", idx[:half]), ("test", idx[half:])):
@@ -80,7 +80,7 @@ def source_oracle(test: Path, budgets: dict[str, float]) -> dict[str, float]:
     """Upper bound for routers that only identify the task: knows each test prompt's source dataset
     (``eval_name``, else ``category``) and picks, with hindsight on test, the best model per source for
     each cost weight. Its hull at a budget bounds any router whose decisions depend on the source alone."""
-    rows = [json.loads(line) for line in test.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in test.read_text(encoding="utf-8").split("\n") if line.strip()]
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(r.get("eval_name") or r.get("category") or "all", []).append(r)

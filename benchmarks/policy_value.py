@@ -1,10 +1,12 @@
 """True value of the learned model policy on the simulated world, against single models, random and
-oracles; and the error of the off-policy estimates (IPS, SNIPS, DM, DR) of that value.
+oracles; and the error of the off-policy estimates (IPS, SNIPS, DM, DR, switch-DR) of that value.
 
 Ground truth is known in the simulator (``training.world``), so nothing here is estimated except
 what is being benchmarked:
 
-1. Train a bundle (``build_bundle``) on N simulated logs (uniform-random logging, seed S).
+1. Train a bundle (``build_bundle``) on N simulated logs (uniform-random logging, seed S): the policy
+   (quality, cost and latency heads; gbdt-dm / gbdt-ips / linucb, the one with the best held-out DR
+   value kept) and its fixed reference scale ``ref_cost_usd`` (the costliest model's mean logged cost).
 2. Generate a held-out set of requests with another seed (S + 1000) and, for every request and model,
    compute from the hidden category and difficulty:
 
@@ -12,9 +14,9 @@ what is being benchmarked:
    * true expected cost ``c = estimate_cost_usd(spec, input_tokens, E[output_tokens])`` where
      ``E[output_tokens] = median * exp(0.5**2 / 2)`` is the mean of the world's lognormal answer
      length (``median = output_tokens_median[category] * verbosity[m] * (0.6 + 0.8 d)``, as in
-     ``training.world.outcome``). The world's truth, not the bundle's per-model ``mean_output_tokens``
-     (which is what the router itself believes); cost is linear in tokens, so this is the exact
-     expected cost up to ``outcome``'s integer truncation (< 1 token).
+     ``training.world.outcome``). The world's truth, not the policy's cost head (which is what the
+     router itself believes); cost is linear in tokens, so this is the exact expected cost up to
+     ``outcome``'s integer truncation (< 1 token).
 
 3. Policies, all scored with the same q and c:
 
@@ -25,15 +27,24 @@ what is being benchmarked:
    * ``oracle-category w``: the best allowed model per *true* category for utility w;
    * ``oracle-request w``: the best allowed model per request for utility w (the ceiling).
 
-   Utility is the router's own objective with true values: ``q - w * c / max_{allowed} c`` per request.
+   Utility is the router's own objective (``router.policy.utilities``) with true values::
+
+       U_w = q - w * c / ref_cost_usd
+
+   with the bundle's FIXED ``ref_cost_usd`` (one number for every request, set at training), so a
+   weight means the same on every request: w = 1 gives up one quality point to avoid the costliest
+   model's average bill. Because the scale is fixed, the per-request oracle at weight w is exactly the
+   point ``lambda = w / ref_cost_usd`` of the absolute-cost frontier (per request argmax q - lambda c).
 
 4. Off-policy evaluation: simulate logs for the held-out requests (uniform logging; R replicates of
    the logging randomness, same requests) and estimate the learned greedy policy's value with
    ``training.evaluation.ope_batch`` + ``training.ope.evaluate`` (the path ``run_ope`` uses, with the
-   preference and epsilon overridden). Truth for OPE is the expected *logged* reward, i.e. quality
-   with the world's noise clipped to [0, 1]: ``E[clip(q + N(0, s), 0, 1)]`` (closed form), averaged
-   over the held-out requests under the policy's choices. ``run_ope`` itself (bundle as configured,
-   epsilon-greedy) is checked the same way.
+   preference overridden; ``ope_batch`` takes the exploration from the bundle's manifest, so greedy is
+   an in-memory copy of the manifest with epsilon 0 -- no file changes). Truth for OPE is the expected
+   *logged* reward, i.e. quality with the world's noise clipped to [0, 1]: ``E[clip(q + N(0, s), 0, 1)]``
+   (closed form), averaged over the held-out requests under the policy's choices. ``run_ope`` itself
+   (bundle as configured, epsilon-greedy) is checked the same way. Switch-DR (``tau`` = 20) equals DR
+   here: uniform logging over <= 3 candidates gives importance weights <= 3.
 
     python benchmarks/policy_value.py [--quick]
     ->  benchmarks/results/policy_value.json, benchmarks/results/policy_value.png
@@ -57,13 +68,14 @@ from scipy.special import ndtr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CONFIGS, console, environment, result_path, table, write_json  # noqa: E402
 
+from router.bundle import Bundle  # noqa: E402
 from router.cache import CachePolicy, ResponseCache  # noqa: E402
 from router.config import Exploration, Preference  # noqa: E402
 from router.decision import Router  # noqa: E402
 from router.log_schema import read_logs, records_to_table  # noqa: E402
 from router.policy import estimate_cost_usd  # noqa: E402
 from router.request import Message, Request  # noqa: E402
-from training.bundle_builder import build_bundle, policy_rows  # noqa: E402
+from training.bundle_builder import bandit_rows, build_bundle  # noqa: E402
 from training.evaluation import ope_batch, run_ope  # noqa: E402
 from training.ope import evaluate  # noqa: E402
 from training.simulator import simulate_records, write_simulation  # noqa: E402
@@ -71,7 +83,7 @@ from training.world import SimRequest, World, generate_requests, input_tokens_of
 
 WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0)
 WK = tuple(f"{w:g}" for w in WEIGHTS)
-ESTIMATORS = ("ips", "snips", "dm", "dr")
+ESTIMATORS = ("ips", "snips", "dm", "dr", "switch_dr")
 LOGNORMAL_SIGMA = 0.5  # training.world.outcome: rng.lognormal(log(median), 0.5)
 
 
@@ -100,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   bundle_version="bench-policy-value")
             train_prompts = set(read_logs(Path(tmp) / "train").column("prompt").to_pylist())
         requests = generate_requests(world, n_test, seed=test_seed)
-        truth = _truth(world, requests)
+        ref_cost = bundle.manifest.policy.ref_cost_usd
+        truth = _truth(world, requests, ref_cost)
         overlap = float(np.mean([r.prompt.text in train_prompts for r in requests]))
 
         # ---- policies scored with the true quality and cost
@@ -113,13 +126,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         learned_extra: dict[float, dict[str, Any]] = {}
         with console.status(f"Router.decide on {n_test} held-out prompts x {len(WEIGHTS)} cost weights"):
             for w in WEIGHTS:
-                choice, extra = _decide(bundle, world, requests, w, epsilon=0.0, seed=args.seed)
+                choice, extra = _decide(bundle, world, requests, Preference(quality=1.0, cost=w, latency=0.0),
+                                        Exploration(kind="epsilon_greedy", epsilon=0.0), seed=args.seed)
                 fallback_mask = extra.pop("fallback_mask")
                 learned_choice[w], learned_extra[w] = choice.argmax(1), {"choice": choice, "fallback": fallback_mask}
                 policies[f"learned w={w:g}"] = {**_score(truth, choice), **extra, "w": w}
             configured = world.router
-            cfg_choice, cfg_extra = _decide(bundle, world, requests, configured.preference.cost,
-                                            epsilon=configured.exploration.epsilon, seed=args.seed)
+            cfg_choice, cfg_extra = _decide(bundle, world, requests, configured.preference, configured.exploration,
+                                            seed=args.seed)
         frontier = _frontier(truth)
         per_category = {}
         for w in WEIGHTS:
@@ -140,9 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "preference_cost": configured.preference.cost, "epsilon": configured.exploration.epsilon,
         "true_value_reward": cfg_truth, "true_quality": float(np.mean(np.sum(cfg_choice * truth["q"], 1))),
         "run_ope": configured_ope,
-        "errors": {k: v["value"] - cfg_truth for k, v in configured_ope["estimates"].items()},
+        "errors": {k: v["estimate"] - cfg_truth for k, v in configured_ope["estimates"].items()},
+        "truth_in_ci95": {k: v["ci_low"] <= cfg_truth <= v["ci_high"] for k, v in configured_ope["estimates"].items()},
         "fallback_rate": cfg_extra["fallback_rate"],
     }
+    # what ref_cost_usd estimates (the costliest model's mean cost where the routes allow it), in truth
+    true_ref = float(max(np.mean(truth["cost"][truth["allowed"][:, k] > 0, k]) for k in range(len(models))))
     result: dict[str, Any] = {
         "benchmark": "policy_value", "quick": args.quick, "seed": args.seed,
         "settings": {"n_train_logs": n_train, "n_test": n_test, "train_seed": train_seed, "test_seed": test_seed,
@@ -150,9 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "quality_noise": world.config.quality_noise, "models": list(models),
                      "heldout_prompts_seen_in_training": overlap,
                      "cost_definition": "estimate_cost_usd(spec, input_tokens, median_tokens * exp(0.125)); "
-                                        "world truth per request (lognormal mean), not the bundle's mean_output_tokens",
+                                        "world truth per request (lognormal mean), not the policy's cost head",
                      "quality_definition": "training.world.quality_mean (noise-free); OPE truth = E[clip(q + N(0, s), 0, 1)]",
-                     "utility_definition": "q - w * cost / max(cost over the route's allowed models for the true category)"},
+                     "utility_definition": "q - w * cost_usd / ref_cost_usd, ref_cost_usd = the bundle's fixed "
+                                           "manifest.policy.ref_cost_usd (same scale for every request)",
+                     "ref_cost_usd": ref_cost,
+                     "true_ref_cost_usd_heldout": true_ref},
         "bundle_metrics": bundle.manifest.metrics,
         "bundle_policy": bundle.manifest.policy.model_dump(),
         "policies": policies,
@@ -185,7 +205,7 @@ def _expected_clipped(mu: np.ndarray, s: float) -> np.ndarray:
     return mu * (ndtr(b) - ndtr(a)) + s * (pdf(a) - pdf(b)) + (1.0 - ndtr(b))
 
 
-def _truth(world: World, requests: list[SimRequest]) -> dict[str, np.ndarray]:
+def _truth(world: World, requests: list[SimRequest], ref_cost_usd: float) -> dict[str, Any]:
     models, cfg = world.router.model_names, world.config
     n, k = len(requests), len(models)
     q, cost, allowed = np.zeros((n, k)), np.zeros((n, k)), np.zeros((n, k))
@@ -198,14 +218,14 @@ def _truth(world: World, requests: list[SimRequest]) -> dict[str, np.ndarray]:
             median = cfg.categories[p.category].output_tokens_median * cfg.models[m].verbosity * (0.6 + 0.8 * p.difficulty)
             cost[i, j] = estimate_cost_usd(world.router.model(m), tokens, median * math.exp(LOGNORMAL_SIGMA ** 2 / 2))
             allowed[i, j] = m in ok
-    norm = np.max(np.where(allowed > 0, cost, 0.0), axis=1)
-    return {"q": q, "cost": cost, "allowed": allowed, "cost_norm": norm,
+    return {"q": q, "cost": cost, "allowed": allowed, "ref_cost_usd": float(ref_cost_usd),
             "reward": _expected_clipped(q, world.config.quality_noise),
             "category": np.array([r.prompt.category for r in requests])}
 
 
-def _utility(truth: dict[str, np.ndarray], w: float) -> np.ndarray:
-    return truth["q"] - w * truth["cost"] / truth["cost_norm"][:, None]
+def _utility(truth: dict[str, Any], w: float) -> np.ndarray:
+    """The router's objective with true values and the bundle's fixed cost scale (latency weight 0)."""
+    return truth["q"] - w * truth["cost"] / truth["ref_cost_usd"]
 
 
 def _onehot(idx: np.ndarray, k: int) -> np.ndarray:
@@ -252,7 +272,7 @@ def _oracle_category(truth: dict[str, np.ndarray], requests: list[SimRequest], w
 def _per_category(truth: dict[str, np.ndarray], world: World, learned: np.ndarray, oracle_cat: np.ndarray,
                   fallback: np.ndarray, w: float) -> dict[str, Any]:
     """Where the learned policy loses utility against the per-category oracle (and how much the
-    fallback rule's forced ``large`` costs: per-request cost normalisation makes it expensive on chat)."""
+    fallback rule's forced ``large`` costs on low-confidence requests)."""
     u = _utility(truth, w)
     lu, ou = np.sum(learned * u, 1), np.sum(oracle_cat * u, 1)
     out: dict[str, Any] = {}
@@ -272,13 +292,13 @@ def _per_category(truth: dict[str, np.ndarray], world: World, learned: np.ndarra
 # the learned policy
 
 
-def _decide(bundle, world: World, requests: list[SimRequest], w: float, *, epsilon: float,  # type: ignore[no-untyped-def]
-            seed: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """Choice probabilities (n, K) of ``Router.decide`` (its own action_probs, so epsilon is exact)."""
+def _decide(bundle: Bundle, world: World, requests: list[SimRequest], pref: Preference, exploration: Exploration,
+            *, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Choice probabilities (n, K) of ``Router.decide`` under ``pref`` (its own action_probs, so the
+    exploration is exact); cache off, no online feedback (the correction stays at zero)."""
     models = world.router.model_names
-    cfg = bundle.manifest.router.model_copy(update={"exploration": Exploration(epsilon=epsilon)})
+    cfg = bundle.manifest.router.model_copy(update={"exploration": exploration})
     router = Router(bundle, cache=ResponseCache(CachePolicy()), config=cfg)
-    pref = Preference(quality=1.0, cost=w, latency=0.0)
     rng = np.random.default_rng(seed)
     probs = np.zeros((len(requests), len(models)))
     fallback = np.zeros(len(requests), dtype=bool)
@@ -302,16 +322,17 @@ def _ope(bundle, world: World, requests: list[SimRequest], truth: dict[str, np.n
          learned: dict[float, np.ndarray], logs_dir: Path, test_seed: int, n_rep: int, n_boot: int,
          seed: int) -> dict[str, Any]:
     models = world.router.model_names
-    tables = [policy_rows(read_logs(logs_dir))]  # replicate 0: exactly what `turnout simulate` writes
+    greedy = _with_exploration(bundle, Exploration(kind="epsilon_greedy", epsilon=0.0))
+    tables = [bandit_rows(read_logs(logs_dir))]  # replicate 0: exactly what `turnout simulate` writes
     for rep in range(1, n_rep):  # same requests, fresh logging actions and reward noise
-        tables.append(policy_rows(records_to_table(simulate_records(world, requests, test_seed + 7919 * rep))))
+        tables.append(bandit_rows(records_to_table(simulate_records(world, requests, test_seed + 7919 * rep))))
     out: dict[str, Any] = {"n_rows": tables[0].num_rows, "by_weight": {}}
     for w in WEIGHTS:
         true_value = float(np.mean(truth["reward"][np.arange(len(requests)), learned[w]]))
         true_quality_mean = float(np.mean(truth["q"][np.arange(len(requests)), learned[w]]))
         reps, agreement = [], []
         for t in tables:
-            b = ope_batch(bundle, t, preference=Preference(quality=1.0, cost=w, latency=0.0), epsilon=0.0)
+            b = ope_batch(greedy, t, preference=Preference(quality=1.0, cost=w, latency=0.0))
             idx = np.array([int(x.rsplit("-", 1)[1]) for x in t.column("request_id").to_pylist()])  # sim-<seed>-<index>
             logged = np.array([models.index(m) for m in t.column("model").to_pylist()])
             # the OPE target must be the served policy: pi(logged) = 1 exactly when decide chose it
@@ -333,6 +354,14 @@ def _ope(bundle, world: World, requests: list[SimRequest], truth: dict[str, np.n
                                       "target_matches_decide": float(np.min(agreement)),
                                       "replicates": reps, "summary": summary}
     return out
+
+
+def _with_exploration(bundle: Bundle, exploration: Exploration) -> Bundle:
+    """The same bundle directory with an in-memory manifest whose router exploration is replaced
+    (``ope_batch`` reads the target policy's exploration from ``manifest.router``)."""
+    m = bundle.manifest
+    router = m.router.model_copy(update={"exploration": exploration})
+    return Bundle(path=bundle.path, manifest=m.model_copy(update={"router": router}))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -392,16 +421,21 @@ def _compare(policies: dict[str, dict[str, Any]], models: Sequence[str], frontie
 
 def _print(r: dict[str, Any], models: Sequence[str]) -> None:
     s, pol = r["settings"], r["policies"]
+    pm = r["bundle_metrics"]["policy"]
     console.print(f"[bold]policy_value[/]: bundle trained on {s['n_train_logs']} uniform logs (seed {s['train_seed']}); "
                   f"{s['n_test']} held-out requests (seed {s['test_seed']}); classifier holdout accuracy "
-                  f"{r['bundle_metrics']['classifier']['holdout_accuracy']:.3f}, reward-model holdout MAE "
-                  f"{r['bundle_metrics']['policy']['holdout_quality_mae']:.4f}; "
+                  f"{r['bundle_metrics']['classifier']['holdout_accuracy']:.3f}; policy variant chosen "
+                  f"{pm['chosen']} (held-out DR utility at the configured preference: "
+                  f"{', '.join(f'{k} {v:.4f}' for k, v in pm['variants_dr_value'].items())}); "
+                  f"ref_cost_usd {s['ref_cost_usd']:.3e} (true costliest-model mean where allowed, held-out set "
+                  f"{s['true_ref_cost_usd_heldout']:.3e}); "
                   f"{100 * s['heldout_prompts_seen_in_training']:.1f}% of held-out prompts appear verbatim in training")
     rows = []
     for name, p in pol.items():
         rows.append([name, p["quality"], p["cost_usd_per_1k_requests"], *[p["utility"][f"{w:g}"] for w in WEIGHTS],
                      " / ".join(f"{100 * x:.0f}" for x in p["share"]), p.get("fallback_rate")])
-    table("True expected quality, cost and utility on the held-out set (utility_w = q - w * cost / max allowed cost)",
+    table("True expected quality, cost and utility on the held-out set (U_w = q - w * cost_usd / ref_cost_usd, "
+          f"ref_cost_usd = {s['ref_cost_usd']:.3e} fixed by the bundle)",
           ["policy", "quality", "USD / 1k req", *[f"U w={w:g}" for w in WEIGHTS], f"% {'/'.join(models)}", "fallback"],
           rows)
     rows = []
@@ -430,7 +464,7 @@ def _print(r: dict[str, Any], models: Sequence[str]) -> None:
         rep0 = o["replicates"][0]
         rows.append([w, o["true_value"], *[rep0["estimates"][k]["value"] for k in ESTIMATORS],
                      *[rep0["estimates"][k]["error"] for k in ESTIMATORS], rep0["ess"], o["target_matches_decide"]])
-    table(f"OPE of the learned greedy policy on held-out logs (replicate 0, n={r['ope']['n_rows']}); truth = E[logged "
+    table(f"OPE of the learned greedy policy on held-out logs (replicate 0, n={r['ope']['n_rows']}); truth = E\\[logged "
           "reward] under the policy",
           ["w", "truth", *[k.upper() for k in ESTIMATORS], *[f"err {k.upper()}" for k in ESTIMATORS], "ESS",
            "target = decide"], rows)
@@ -445,8 +479,9 @@ def _print(r: dict[str, Any], models: Sequence[str]) -> None:
     c = r["configured_policy_ope"]
     table(f"run_ope on held-out logs, bundle as configured (epsilon-greedy eps={c['epsilon']:g}, w={c['preference_cost']:g});"
           f" truth {c['true_value_reward']:.4f}",
-          ["estimator", "value", "CI95", "error"],
-          [[k.upper(), v["value"], f"{v['ci95'][0]:.4f}..{v['ci95'][1]:.4f}", c["errors"][k]]
+          ["estimator", "value", "CI95", "error", "truth in CI95"],
+          [[k.upper(), v["estimate"], f"{v['ci_low']:.4f}..{v['ci_high']:.4f}", c["errors"][k],
+            "yes" if c["truth_in_ci95"][k] else "no"]
            for k, v in c["run_ope"]["estimates"].items()])
 
 

@@ -7,11 +7,15 @@ times one call at a time on one thread, after a warm-up:
 * ``clf_native``   the same pipeline in scikit-learn (``CategoryTrainer`` refit on the same labelled
                    prompts with the same seed; the baseline the ONNX export is meant to beat);
 * ``featurize``    ``router.features.featurize`` alone (a Python loop over the prompt's characters);
-* ``reward_onnx``  ``router.reward.predict`` on one feature vector (``policy.onnx``);
+* ``policy_onnx``  ``router.scorer.predict`` on one feature vector: the three heads (quality, cost,
+                   latency) of ``policy.onnx`` for every catalogue model (for the GBDT variants one
+                   ONNX run over K rows of [context, one-hot model]; the variant is the one the
+                   bundle's held-out DR chose, recorded in ``bundle_metrics.policy.chosen``);
 * ``decide``       the full ``Router.decide`` (cache tier ``skip`` for every category);
-* ``choose``       ``router.policy.choose`` (epsilon-greedy draw) and ``nan_guards`` (a replica of the
-                   numpy NaN checks in ``decide``): two pieces of decide's own overhead, timed so that
-                   ``decide`` minus its ONNX and featurize parts is accounted for.
+* ``choose``       ``router.policy.choose`` (epsilon-greedy draw over the predicted category's allowed
+                   models): a piece of decide's own overhead, timed so that ``decide`` minus its ONNX
+                   and featurize parts is accounted for. (decide's NaN guards are now one
+                   ``np.isfinite(x.sum())`` per model output, ~1 µs each, so they are no longer timed.)
 
 The operations are **interleaved call by call** (rotating order) so that the noise of this shared
 2-core box hits every operation alike; speed claims are the ratios, measured in the same run.
@@ -41,7 +45,7 @@ from _common import CONFIGS, console, environment, table, write_json  # noqa: E4
 from router.cache import CachePolicy, CategoryCachePolicy, ResponseCache  # noqa: E402
 from router.decision import Router  # noqa: E402
 from router.features import featurize  # noqa: E402
-from router.policy import choose, estimate_cost_usd, utilities  # noqa: E402
+from router.policy import choose, utilities  # noqa: E402
 from router.log_schema import read_logs  # noqa: E402
 from router.request import Message, Request  # noqa: E402
 from training.bundle_builder import build_bundle, labelled_from_logs  # noqa: E402
@@ -100,7 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         settings={"simulated_requests": n_logs, "calls_mixed": n_mix, "calls_per_bucket": n_bucket,
                   "warmup_calls": n_warm, "threads": 1, "interleaved": True, "cache": "tier skip for every category",
-                  "epsilon": world.router.exploration.epsilon,
+                  "exploration": world.router.exploration.model_dump(),
+                  "policy": {"kind": bundle.manifest.policy.kind, "variant": bundle.manifest.policy.variant,
+                             "layout": bundle.manifest.policy.layout, "models": list(bundle.manifest.policy.models),
+                             "n_context": bundle.manifest.policy.n_context},
                   "buckets_chars": {"short": f"< {SHORT_MAX}", "medium": f"{SHORT_MAX}..{LONG_MIN}",
                                     "long": f"> {LONG_MIN} (concatenated same-category prompts, 2k-8k)"}},
         bundle_metrics=bundle.manifest.metrics,
@@ -120,13 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 class Prompt:
     """One timed input, with everything each operation needs precomputed outside the timer."""
 
-    __slots__ = ("text", "probs", "features", "request", "utility")
+    __slots__ = ("text", "probs", "features", "request", "candidates", "utility")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.request = Request(messages=(Message("user", text),))
         self.probs: np.ndarray | None = None
         self.features: np.ndarray | None = None
+        self.candidates: list[str] = []
         self.utility: np.ndarray | None = None
 
 
@@ -149,15 +157,17 @@ def _prompts(world: World, seed: int, n_mix: int, n_bucket: int) -> tuple[list[P
 
 
 def _prepare(router: Router, prompts: Sequence[Prompt]) -> None:
-    cfg, pol = router.config, router.bundle.manifest.policy
+    """Precompute the inputs of each timed part: probs, features, and the utilities ``choose`` sees in
+    decide (allowed models of the predicted category, the configured preference, fixed reference scales)."""
+    cfg, info = router.config, router.scorer.info
     for p in prompts:
         if p.probs is None:
             p.probs = router.classifier.predict_proba([p.text])[0]
             p.features = featurize(p.text, p.probs, p.request.n_turns)
-            cost = np.array([estimate_cost_usd(cfg.model(m), p.request.input_tokens, pol.mean_output_tokens[m])
-                             for m in pol.models])
-            latency = np.array([pol.mean_latency_ms[m] for m in pol.models])
-            p.utility = utilities(router.reward.predict(p.features)[0], cost, latency, cfg.preference)
+            category = cfg.taxonomy[int(np.argmax(p.probs))]
+            p.candidates = [m for m in cfg.allowed_models(category) if m in info.models]
+            heads = router.scorer.predict(p.features).take([info.models.index(m) for m in p.candidates])
+            p.utility = utilities(heads, cfg.preference, info.ref_cost_usd, info.ref_latency_ms)
 
 
 def _parity(router: Router, native: CategoryTrainer, prompts: Sequence[Prompt]) -> dict[str, float]:
@@ -169,28 +179,16 @@ def _parity(router: Router, native: CategoryTrainer, prompts: Sequence[Prompt]) 
 
 def _ops(router: Router, native: CategoryTrainer, rng: np.random.Generator) -> dict[str, Callable[[Prompt], Any]]:
     pipe = native._fitted()  # the bare sklearn Pipeline: no wrapper overhead in the baseline
-    models, eps = list(router.bundle.manifest.policy.models), router.config.exploration.epsilon
+    exploration = router.config.exploration
     return {
         "clf_onnx": lambda p: router.classifier.predict_proba([p.text]),
         "clf_native": lambda p: pipe.predict_proba([p.text]),
         "featurize": lambda p: featurize(p.text, p.probs, 1),
-        "reward_onnx": lambda p: router.reward.predict(p.features),
+        "policy_onnx": lambda p: router.scorer.predict(p.features),
         "decide": lambda p: router.decide(p.request, now_s=0.0, rng=rng),
-        # two pieces of decide's own overhead (not ONNX, not featurize), to explain decide - parts:
-        "choose": lambda p: choose(models, p.utility, eps, rng),
-        "nan_guards": lambda p: _nan_guards(p.probs, p.utility),
+        # a piece of decide's own overhead (not ONNX, not featurize), to explain decide - parts:
+        "choose": lambda p: choose(p.candidates, p.utility, exploration, rng),
     }
-
-
-def _nan_guards(probs: np.ndarray, quality: np.ndarray) -> None:
-    """The numpy calls ``Router.decide`` makes to survive NaN model outputs (router/decision.py as of
-    commit 995a967): one isfinite check per output, nanargmax, nan_to_num on probs (x2) and confidence."""
-    np.all(np.isfinite(probs))
-    top = int(np.nanargmax(probs)) if np.isfinite(probs).any() else 0
-    np.nan_to_num(probs)
-    np.nan_to_num(probs)
-    float(np.nan_to_num(float(probs[top])))
-    np.all(np.isfinite(quality))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -248,13 +246,13 @@ def _report(mix_ns: dict[str, np.ndarray], bucket_ns: dict[str, dict[str, np.nda
           [[k, s["p50_us"], s["p90_us"], s["p99_us"], s["mean_us"], s["min_us"]] for k, s in stats.items()])
 
     ratios = {"clf_native/clf_onnx": _ratio(mix_ns["clf_native"], mix_ns["clf_onnx"])}
-    parts = mix_ns["clf_onnx"] + mix_ns["featurize"] + mix_ns["reward_onnx"]
-    ratios["decide/(clf_onnx+featurize+reward_onnx)"] = _ratio(mix_ns["decide"], parts)
+    parts = mix_ns["clf_onnx"] + mix_ns["featurize"] + mix_ns["policy_onnx"]
+    ratios["decide/(clf_onnx+featurize+policy_onnx)"] = _ratio(mix_ns["decide"], parts)
     ratios["featurize/decide"] = _ratio(mix_ns["featurize"], mix_ns["decide"])
     ratios["clf_onnx/decide"] = _ratio(mix_ns["clf_onnx"], mix_ns["decide"])
-    ratios["nan_guards/decide"] = _ratio(mix_ns["nan_guards"], mix_ns["decide"])
+    ratios["policy_onnx/decide"] = _ratio(mix_ns["policy_onnx"], mix_ns["decide"])
     ratios["choose/decide"] = _ratio(mix_ns["choose"], mix_ns["decide"])
-    ratios["decide/(all 5 parts above)"] = _ratio(mix_ns["decide"], parts + mix_ns["nan_guards"] + mix_ns["choose"])
+    ratios["decide/(all 4 parts above)"] = _ratio(mix_ns["decide"], parts + mix_ns["choose"])
     table("Ratios measured in the same run (> 1: numerator slower)",
           ["ratio", "p50", "p99", "mean", f"p50 over {N_BLOCKS} blocks"],
           [[k, r["p50"], r["p99"], r["mean"], f"{r['block_p50_min']:.2f}..{r['block_p50_max']:.2f}"]
