@@ -94,11 +94,12 @@ class GBDTPolicyTrainer:
     """LightGBM heads over [context, one-hot model] (``layout="model_feature"``)."""
 
     def __init__(self, models: Sequence[str], *, weighting: str = "dm", n_estimators: int = 150,
-                 num_leaves: int = 15, learning_rate: float = 0.05, min_child_samples: int = 10,
-                 max_weight: float = 20.0, seed: int = 0) -> None:
+                 n_estimators_cost_latency: int = 60, num_leaves: int = 15, learning_rate: float = 0.05,
+                 min_child_samples: int = 10, max_weight: float = 20.0, seed: int = 0) -> None:
         self.models = tuple(models)
         self.weighting = weighting
         self.n_estimators = n_estimators
+        self.n_estimators_cost_latency = n_estimators_cost_latency
         self.num_leaves = num_leaves
         self.learning_rate = learning_rate
         self.min_child_samples = min_child_samples
@@ -117,8 +118,11 @@ class GBDTPolicyTrainer:
         w = np.minimum(1.0 / data.propensity, self.max_weight) if self.weighting == "ips" else np.ones(data.n)
         self.heads_ = {}
         for head, y in data.targets().items():
-            reg = lgb.LGBMRegressor(n_estimators=self.n_estimators, num_leaves=self.num_leaves,
-                                    learning_rate=self.learning_rate, min_child_samples=self.min_child_samples,
+            # cost and latency are near-deterministic in prompt size and model: fewer trees, same fit,
+            # and a cheaper decision (ONNX time grows with the total number of trees)
+            trees = self.n_estimators if head == "quality" else self.n_estimators_cost_latency
+            reg = lgb.LGBMRegressor(n_estimators=trees, num_leaves=self.num_leaves,
+                                    learning_rate=self.learning_rate if head == "quality" else 0.12, min_child_samples=self.min_child_samples,
                                     subsample=0.8, subsample_freq=1, colsample_bytree=0.8,
                                     random_state=self.seed, n_jobs=1, verbose=-1)
             self.heads_[head] = reg.fit(x, y, sample_weight=w)
