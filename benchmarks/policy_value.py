@@ -11,7 +11,7 @@ what is being benchmarked:
    compute from the hidden category and difficulty:
 
    * true quality  ``q = training.world.quality_mean(world, m, category, difficulty)``;
-   * true expected cost ``c = estimate_cost_usd(spec, input_tokens, E[output_tokens])`` where
+   * true expected cost ``c = spec.cost_usd(input_tokens, E[output_tokens])`` where
      ``E[output_tokens] = median * exp(0.5**2 / 2)`` is the mean of the world's lognormal answer
      length (``median = output_tokens_median[category] * verbosity[m] * (0.6 + 0.8 d)``, as in
      ``training.world.outcome``). The world's truth, not the policy's cost head (which is what the
@@ -73,7 +73,6 @@ from router.cache import CachePolicy, ResponseCache  # noqa: E402
 from router.config import Exploration, Preference  # noqa: E402
 from router.decision import Router  # noqa: E402
 from router.log_schema import read_logs, records_to_table  # noqa: E402
-from router.policy import estimate_cost_usd  # noqa: E402
 from router.request import Message, Request  # noqa: E402
 from training.bundle_builder import bandit_rows, build_bundle  # noqa: E402
 from training.evaluation import ope_batch, run_ope  # noqa: E402
@@ -166,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "weights": list(WEIGHTS), "ope_replicates": n_rep, "bootstrap": n_boot,
                      "quality_noise": world.config.quality_noise, "models": list(models),
                      "heldout_prompts_seen_in_training": overlap,
-                     "cost_definition": "estimate_cost_usd(spec, input_tokens, median_tokens * exp(0.125)); "
+                     "cost_definition": "spec.cost_usd(input_tokens, median_tokens * exp(0.125)); "
                                         "world truth per request (lognormal mean), not the policy's cost head",
                      "quality_definition": "training.world.quality_mean (noise-free); OPE truth = E[clip(q + N(0, s), 0, 1)]",
                      "utility_definition": "q - w * cost_usd / ref_cost_usd, ref_cost_usd = the bundle's fixed "
@@ -216,7 +215,7 @@ def _truth(world: World, requests: list[SimRequest], ref_cost_usd: float) -> dic
         for j, m in enumerate(models):
             q[i, j] = quality_mean(world, m, p.category, p.difficulty)
             median = cfg.categories[p.category].output_tokens_median * cfg.models[m].verbosity * (0.6 + 0.8 * p.difficulty)
-            cost[i, j] = estimate_cost_usd(world.router.model(m), tokens, median * math.exp(LOGNORMAL_SIGMA ** 2 / 2))
+            cost[i, j] = world.router.model(m).cost_usd(tokens, median * math.exp(LOGNORMAL_SIGMA ** 2 / 2))
             allowed[i, j] = m in ok
     return {"q": q, "cost": cost, "allowed": allowed, "ref_cost_usd": float(ref_cost_usd),
             "reward": _expected_clipped(q, world.config.quality_noise),

@@ -27,6 +27,10 @@ class ModelSpec(_Frozen):
     price_in_per_1k: float = Field(ge=0)
     price_out_per_1k: float = Field(ge=0)
 
+    def cost_usd(self, input_tokens: int, output_tokens: float) -> float:
+        """Price of one request at the catalogue rates."""
+        return (self.price_in_per_1k * input_tokens + self.price_out_per_1k * output_tokens) / 1000.0
+
 
 class CategoryRoute(_Frozen):
     """What a category may use: allowed models (empty = all) and its cache tier."""

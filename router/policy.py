@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import Field
 
-from router.config import Exploration, ModelSpec, Preference, _Frozen
+from router.config import Exploration, Preference, _Frozen
 from router.errors import ArtifactError
 from router.types import FloatArray
 
@@ -101,10 +101,6 @@ class PolicyScorer:
     def predict(self, features: FloatArray) -> HeadPredictions:
         p = self.predict_batch(features)
         return HeadPredictions(p.quality[0], p.cost_usd[0], p.latency_ms[0])
-
-
-def estimate_cost_usd(spec: ModelSpec, input_tokens: int, output_tokens: float) -> float:
-    return (spec.price_in_per_1k * input_tokens + spec.price_out_per_1k * output_tokens) / 1000.0
 
 
 def utilities(heads: HeadPredictions, pref: Preference, ref_cost_usd: float, ref_latency_ms: float) -> FloatArray:

@@ -20,7 +20,6 @@ from router.decision import Decision, Router
 from router.errors import RequestError
 from router.features import FEATURE_VERSION
 from router.log_schema import LogRecord, dumps_stats
-from router.policy import estimate_cost_usd
 from router.request import Request, decode_json_object, parse_messages, parse_preference
 from serving.backends import BackendError, ModelReply
 from serving.decision_log import DecisionLogWriter
@@ -127,8 +126,8 @@ class GatewayCore:
              error: str | None = None) -> LogRecord:
         hit = decision.cache_hit is not None
         res = reply.result if reply else None
-        cost = 0.0 if hit else (estimate_cost_usd(self.router.config.model(decision.model), request.input_tokens,
-                                                  res.output_tokens) if res else None)
+        spec = self.router.config.model(decision.model)
+        cost = 0.0 if hit else (spec.cost_usd(request.input_tokens, res.output_tokens) if res else None)
         record = LogRecord(
             request_id=request.request_id, timestamp_s=now, tenant=request.tenant, arm=self.arm,
             bundle_version=decision.bundle_version, feature_version=FEATURE_VERSION, prompt=request.prompt,

@@ -7,7 +7,6 @@ serving runs -- so the policy never sees features serving cannot reproduce.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,15 +72,6 @@ def policy_features(table: pa.Table, classifier: CategoryClassifier, batch: int 
     return np.stack([featurize(p, pr, t) for p, pr, t in zip(prompts, probs, turns)])
 
 
-def policy_rows(table: pa.Table) -> pa.Table:
-    """Rows a reward model may learn from: a model ran, succeeded, and quality is known."""
-    import pyarrow.compute as pc
-
-    keep = pc.and_(pc.and_(pc.invert(table.column("cache_hit")), pc.is_null(table.column("error"))),
-                   pc.is_valid(table.column("quality")))
-    return table.filter(keep)
-
-
 def logged_bandit(table: pa.Table, features: np.ndarray, models: Sequence[str]) -> LoggedBandit:
     chosen = table.column("model").to_pylist()
     unknown = sorted(set(chosen) - set(models))
@@ -96,11 +86,14 @@ def logged_bandit(table: pa.Table, features: np.ndarray, models: Sequence[str]) 
 
 
 def bandit_rows(table: pa.Table) -> pa.Table:
-    """Rounds a policy may learn from: logged by a policy with a known propensity (not pinned by the
+    """Rounds a policy may learn from: decided by a policy with a known propensity (not pinned by the
     client, not a cache hit), the model succeeded, and quality is known."""
-    rows = policy_rows(table)
-    keep = [p not in ("pinned", "cache") for p in rows.column("policy").to_pylist()]
-    return rows.filter(pa.array(keep, type=pa.bool_()))
+    import pyarrow.compute as pc
+
+    keep = pc.and_(pc.and_(pc.invert(table.column("cache_hit")), pc.is_null(table.column("error"))),
+                   pc.is_valid(table.column("quality")))
+    keep = pc.and_(keep, pc.invert(pc.is_in(table.column("policy"), pa.array(["pinned", "cache"]))))
+    return table.filter(keep)
 
 
 def build_bundle(logs: str | Path, cfg: RouterConfig, out: str | Path, *, labelled: Sequence[Path] = (),
@@ -143,7 +136,3 @@ def retrain_policy(logs: str | Path, current: Bundle, out: str | Path, *, seed: 
     step(f"writing bundle to {out}")
     return write_bundle(out, {**files, **policy.files}, router=cfg, policy=policy.info, metrics=metrics,
                         bundle_version=bundle_version)
-
-
-def metrics_json(bundle: Bundle) -> str:
-    return json.dumps(bundle.manifest.metrics, indent=2)

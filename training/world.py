@@ -22,7 +22,6 @@ from pydantic import Field, model_validator
 
 from router.config import RouterConfig, _Frozen, load_config, load_yaml, validate_config
 from router.errors import ConfigError
-from router.policy import estimate_cost_usd
 from router.request import estimate_tokens
 from training.prompts import GeneratedPrompt, generate_prompt
 
@@ -125,7 +124,7 @@ def outcome(world: World, model: str, category: str, difficulty: float, input_to
     out_tokens = max(1, int(rng.lognormal(math.log(median), 0.5)))
     ttft = mw.ttft_ms * (1.0 + input_tokens / 4000.0)
     latency = ttft + 1000.0 * out_tokens / mw.tokens_per_s
-    cost = estimate_cost_usd(world.router.model(model), input_tokens, out_tokens)
+    cost = world.router.model(model).cost_usd(input_tokens, out_tokens)
     return SimOutcome(q, out_tokens, ttft, latency, cost)
 
 

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from router.config import Exploration, ModelSpec, Preference
-from router.policy import (HeadPredictions, action_probs, choose, epsilon_greedy_probs, estimate_cost_usd,
-                           softmax_probs, utilities)
+from router.policy import HeadPredictions, action_probs, choose, epsilon_greedy_probs, softmax_probs, utilities
 
 
 def eg(eps: float) -> Exploration:
@@ -139,6 +138,6 @@ def test_utilities_with_zero_costs_are_quality_alone() -> None:
     (0.0, 0.0, 10_000, 10_000, 0.0),
     (1.0, 2.0, 0, 0, 0.0),
 ])
-def test_estimate_cost_usd(p_in: float, p_out: float, tin: int, tout: float, usd: float) -> None:
+def test_model_cost_usd(p_in: float, p_out: float, tin: int, tout: float, usd: float) -> None:
     spec = ModelSpec(name="m", price_in_per_1k=p_in, price_out_per_1k=p_out)
-    assert estimate_cost_usd(spec, tin, tout) == pytest.approx(usd, rel=1e-12, abs=1e-15)
+    assert spec.cost_usd(tin, tout) == pytest.approx(usd, rel=1e-12, abs=1e-15)
