@@ -57,26 +57,63 @@ async def _sse(body: dict[str, Any]) -> AsyncIterator[str]:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, logging_config=QUIET_LOGS)
 class ModelServer:
-    """One model's replica. With the simulated backend, answers are SIMULATED (labelled in the reply)."""
+    """One model's replica. With the simulated backend, answers are SIMULATED (labelled in the reply).
 
-    def __init__(self, model: str, backend: dict[str, Any], base_dir: str) -> None:
+    ``engine`` (a ``training.engine.SimulatedReplicaSpec`` as a dict; simulated backend only) runs the
+    replica engine model in real time: requests queue, batch and hit the prefix cache as in the
+    discrete-event simulator, latency comes from the engine, and ``record_routing_stats`` reports the
+    engine's state (``router.replica`` stats keys + a compact prefix-cache summary) for
+    ``serving.replica_router.LearnedReplicaRouter``. Without it the stats are in-flight counts only.
+    """
+
+    def __init__(self, model: str, backend: dict[str, Any], base_dir: str,
+                 engine: dict[str, Any] | None = None) -> None:
         self.model = model
-        self.backend = make_backend(model, backend, base_dir)
         self.ongoing = 0
         self.ewma_latency_ms = 0.0
+        self.engine = None
+        if engine is not None:
+            from training.engine import SimulatedReplicaSpec
+
+            if backend.get("kind") != "simulated":
+                raise ValueError(f"model {model!r}: an engine model needs the simulated backend; got backend "
+                                 f"kind {backend.get('kind')!r} (a real upstream reports its own state)")
+            spec = SimulatedReplicaSpec.model_validate(engine)
+            self.engine = spec.realtime_engine(serve.get_replica_context().rank.rank)
+            backend = {**backend, "time_scale": 0.0}  # the engine, not the backend, decides latency
+        self.backend = make_backend(model, backend, base_dir)
 
     async def chat(self, body: dict[str, Any], category: str) -> ModelReply:
-        stats = self.record_routing_stats()
+        stats = self.record_routing_stats(summary=False)
         self.ongoing += 1
         try:
             result = await self.backend.generate(body, category)
+            if self.engine is not None:
+                result = await self._run_on_engine(body, result)
         finally:
             self.ongoing -= 1
         self.ewma_latency_ms = 0.9 * self.ewma_latency_ms + 0.1 * result.latency_ms
         return ModelReply(result, _replica_name(), stats)
 
-    def record_routing_stats(self) -> dict[str, Any]:
-        return {"num_ongoing": self.ongoing, "ewma_latency_ms": round(self.ewma_latency_ms, 2)}
+    async def _run_on_engine(self, body: dict[str, Any], result: Any) -> Any:
+        import dataclasses
+
+        from router.replica import request_from_body
+
+        req = request_from_body(body)
+        ttft_s, e2e_s = await self.engine.generate(req.input_tokens, result.output_tokens, req.prefix_hashes)
+        return dataclasses.replace(result, ttft_ms=1000.0 * ttft_s, latency_ms=1000.0 * e2e_s)
+
+    def record_routing_stats(self, summary: bool = True) -> dict[str, Any]:
+        """In-flight count and latency EWMA; with an engine, its ``router.replica.STATS_KEYS`` + ``ts``
+        (wall clock of the snapshot) and, when ``summary``, the compact ``prefix_summary`` list."""
+        stats: dict[str, Any] = {"num_ongoing": self.ongoing, "ewma_latency_ms": round(self.ewma_latency_ms, 2),
+                                 "ts": time.time()}
+        if self.engine is not None:
+            stats.update({k: v for k, v in self.engine.stats().items() if k != "prefix_summary"})
+            if summary:
+                stats["prefix_summary"] = self.engine.engine.summary_list()
+        return stats
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.2}, logging_config=QUIET_LOGS)
@@ -144,6 +181,19 @@ class Gateway:
         self.log.close()
 
 
+def replica_router_config(cfg: ServeConfig) -> RequestRouterConfig:
+    rr = cfg.replica_routing
+    if rr.kind == "learned":
+        if not rr.model:
+            raise ValueError("replica_routing.kind is 'learned' but replica_routing.model (a replicas.onnx dir) is not set")
+        cls, kwargs = "serving.replica_router:LearnedReplicaRouter", {"scorer_path": str(cfg.path(rr.model))}
+    else:
+        cls, kwargs = "serving.replica_router:Pow2ReplicaRouter", {}
+    return RequestRouterConfig(request_router_class=cls, request_router_kwargs=kwargs,
+                               request_routing_stats_period_s=rr.stats_period_s, initial_backoff_s=0.005,
+                               max_backoff_s=0.05)
+
+
 def build_app(args: AppArgs | dict[str, Any]) -> serve.Application:
     """Typed builder: validates the config and the bundle in the driver before anything deploys."""
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
@@ -156,9 +206,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> serve.Application:
         models[m] = ModelServer.options(
             name=f"LLM_{m}", num_replicas=opts.num_replicas, max_ongoing_requests=opts.max_ongoing_requests,
             ray_actor_options={"num_cpus": opts.num_cpus},
-            request_router_config=RequestRouterConfig(
-                request_router_class="serving.replica_router:Pow2ReplicaRouter",
-                request_routing_stats_period_s=1.0, initial_backoff_s=0.005, max_backoff_s=0.05),
+            request_router_config=replica_router_config(cfg),
         ).bind(m, backend, cfg.base_dir)
     g = cfg.gateway
     return Gateway.options(num_replicas=g.num_replicas, max_ongoing_requests=g.max_ongoing_requests,

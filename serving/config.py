@@ -49,6 +49,15 @@ class GatewayOptions(_Frozen):
     seed: int = 0
 
 
+class ReplicaRouting(_Frozen):
+    """Replica choice inside each model deployment: power-of-two-choices, or the learned TTFT scorer
+    (``replicas.onnx`` from ``turnout train replicas``; falls back to pow2 whenever stats are missing)."""
+
+    kind: Literal["pow2", "learned"] = "pow2"
+    model: str | None = Field(default=None, description="directory with replicas.onnx (kind: learned)")
+    stats_period_s: float = Field(default=1.0, gt=0)
+
+
 class BuildIfMissing(_Frozen):
     """With no bundle yet, ``turnout serve`` simulates this much traffic and trains one first."""
 
@@ -66,6 +75,7 @@ class ServeConfig(_Frozen):
     models: DeploymentOptions = DeploymentOptions()
     model_overrides: dict[str, DeploymentOptions] = Field(default_factory=dict)
     gateway: GatewayOptions = GatewayOptions()
+    replica_routing: ReplicaRouting = ReplicaRouting()
     preference: Preference | None = None
     epsilon: float | None = Field(default=None, ge=0, le=1)
     base_dir: str = Field(default=".", description="set by load_serve_config; relative paths resolve here")

@@ -101,6 +101,30 @@ def cmd_eval_router(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_replicas(a: argparse.Namespace) -> int:
+    from training.replica_eval import eval_replicas_cli
+
+    policies = [p.strip() for p in a.policies.split(",") if p.strip()]
+    report = eval_replicas_cli(Path(a.trace), a.replicas, a.load, policies, Path(a.model) if a.model else None,
+                               Path(a.out), seed=a.seed)
+    _emit(report)
+    return 0
+
+
+def cmd_train_replicas(a: argparse.Namespace) -> int:
+    from training.replica_model import train_replicas_cli
+
+    _emit(train_replicas_cli(Path(a.logs), Path(a.out)))
+    return 0
+
+
+def cmd_data_telemetry(a: argparse.Namespace) -> int:
+    from training.replica_eval import write_replica_telemetry_cli
+
+    _emit(write_replica_telemetry_cli(Path(a.out), [Path(t) for t in a.trace], builtin=not a.no_builtin, seed=a.seed))
+    return 0
+
+
 def cmd_ope(a: argparse.Namespace) -> int:
     from router.bundle import load_bundle
     from training.evaluation import run_ope
@@ -184,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     val = dsub.add_parser("validate", help="validate Parquet logs against the schema")
     val.add_argument("logs")
     val.set_defaults(func=cmd_data_validate)
+    tel = dsub.add_parser("telemetry", help="simulate replica dispatch telemetry for `turnout train replicas`")
+    tel.add_argument("--out", required=True)
+    tel.add_argument("--trace", action="append", default=[], help="extra trace JSONL (repeatable)")
+    tel.add_argument("--no-builtin", action="store_true", help="skip the built-in synthetic traces")
+    tel.add_argument("--seed", type=int, default=0)
+    tel.set_defaults(func=cmd_data_telemetry)
 
     sim = sub.add_parser("simulate", help="simulate logged traffic from a world config")
     sim.add_argument("--config", default="configs/world.yaml")
@@ -210,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--seed", type=int, default=0)
     tp.add_argument("--version", default=None, help="bundle_version (default: UTC timestamp)")
     tp.set_defaults(func=cmd_train_policy)
+    trp = tsub.add_parser("replicas", help="fit the TTFT predictor (replicas.onnx) on replica telemetry")
+    trp.add_argument("--logs", required=True, help="telemetry Parquet shards (see `turnout data telemetry`)")
+    trp.add_argument("--out", required=True, help="directory for replicas.onnx + replicas.json")
+    trp.set_defaults(func=cmd_train_replicas)
 
     ope = sub.add_parser("ope", help="off-policy evaluation of a bundle's policy on logged traffic")
     ope.add_argument("--logs", required=True)
@@ -235,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--seed", type=int, default=0)
     er.add_argument("--bootstrap", type=int, default=200)
     er.set_defaults(func=cmd_eval_router)
+    erp = esub.add_parser("replicas", help="replay a request trace over N simulated replicas under each policy")
+    erp.add_argument("--trace", required=True, help="trace JSONL (turnout data convert mooncake|ragpulse|servegen) or CSV")
+    erp.add_argument("--replicas", type=int, default=4)
+    erp.add_argument("--load", type=float, default=0.8, help="offered load / saturated capacity")
+    erp.add_argument("--policies", default="round_robin,pow2,least_loaded,prefix_affinity,learned")
+    erp.add_argument("--model", default=None, help="replica model dir; default: train one on other traces first")
+    erp.add_argument("--out", required=True, help="REPORT.json")
+    erp.add_argument("--seed", type=int, default=0)
+    erp.set_defaults(func=cmd_eval_replicas)
 
     sv = sub.add_parser("serve", help="run the Ray Serve application")
     sv.add_argument("--config", default="configs/serve.yaml")

@@ -91,6 +91,9 @@ def test_both_large_replicas_receive_traffic(serve_app) -> None:  # type: ignore
 
     url = serve_app["url"]
     with cf.ThreadPoolExecutor(8) as pool:
-        replies = list(pool.map(lambda i: _chat(url, f"summarise chapter {i} of War and Peace", model="large"), range(40)))
+        # distinct words, not just distinct numbers: the semantic cache must not answer these
+        words = ["apples", "rivers", "engines", "violins", "glaciers", "sparrows", "lanterns", "canyons"]
+        prompts = [f"write a short poem about {a} and {b}" for a in words for b in words if a != b][:40]
+        replies = list(pool.map(lambda p: _chat(url, p, model="large"), prompts))
     replicas = {r.json()["turnout"]["replica"] for r in replies}
     assert len(replicas) == 2, replicas

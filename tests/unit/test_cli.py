@@ -10,7 +10,8 @@ import pytest
 from turnout.cli import main
 
 SUBCOMMANDS = [[], ["data"], ["data", "convert"], ["data", "schema"], ["data", "validate"], ["simulate"], ["train"],
-               ["train", "bundle"], ["train", "policy"], ["ope"], ["eval"], ["eval", "classifier"], ["eval", "router"], ["serve"], ["replay"], ["demo"]]
+               ["train", "bundle"], ["train", "policy"], ["ope"], ["eval"], ["eval", "classifier"], ["eval", "router"], ["eval", "replicas"],
+               ["train", "replicas"], ["data", "telemetry"], ["serve"], ["replay"], ["demo"]]
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "turnout")

@@ -1,0 +1,389 @@
+"""Discrete-event simulation of N replicas (``training.engine``) serving a request trace under a policy.
+
+``simulate(trace, n_replicas, policy)`` replays arrivals in time order. At each arrival the policy sees
+every replica's stats snapshot (``ReplicaEngine.stats``, the same keys a Serve replica reports) and
+picks one; with ``telemetry=True`` the features of the chosen replica (``router.replica.replica_features``,
+the one featurization) are logged with the realised TTFT: that is the replica scorer's training data.
+One heap holds each replica's next event (lazy deletion by version number); arrivals are merged from the
+sorted trace. Cost is a few heap operations per request (>= 50k requests per wall second, measured in
+``benchmarks/replicas.py``).
+
+**Load.** ``load = offered request rate / (n_replicas * capacity_rps)``, where ``capacity_rps`` is the
+throughput of one replica kept saturated with this trace's request mix (a sample all queued at t=0,
+prefix cache off): ``replica_capacity_rps``. ``scale_to_load`` stretches or compresses the trace's
+timestamps by one factor to reach a target load, keeping its burst shape. Prefix-cache hits make the
+work actually served smaller than the offered work, so a prefix-heavy trace at load 1.0 can be stable.
+
+**SLO.** A request meets its SLO if ``TTFT <= ttft_base_s + ttft_per_token_s * input_tokens`` (defaults:
+1 s + twice the engine's default prefill time per token) and its mean time per output token after the
+first is at most ``tpot_s``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router.replica import (REPLICA_FEATURE_NAMES, ReplicaPolicy, ReplicaRequest, RoundRobin, features_from_states,
+                            prefix_hit_tokens, replica_state)
+from training.engine import EngineConfig, ReplicaEngine
+from training.formats import TraceRow, read_jsonl
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Trace:
+    """A request trace, columnar (arrival seconds ascending, token counts, prefix block hashes)."""
+
+    name: str
+    arrival_s: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    prefix_hashes: tuple[tuple[int, ...], ...]
+
+    def __repr__(self) -> str:
+        return (f"Trace({self.name!r}, n={self.n}, duration_s={self.duration_s:.1f}, "
+                f"has_prefixes={self.has_prefixes})")
+
+    @property
+    def n(self) -> int:
+        return int(self.arrival_s.size)
+
+    @property
+    def has_prefixes(self) -> bool:
+        return any(self.prefix_hashes)
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.arrival_s[-1] - self.arrival_s[0]) if self.n > 1 else 0.0
+
+    @property
+    def rate_rps(self) -> float:
+        """Mean arrival rate (requests per second) over the trace's span."""
+        return (self.n - 1) / self.duration_s if self.duration_s > 0 else math.inf
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[TraceRow], name: str) -> Trace:
+        if not rows:
+            raise ValueError(f"trace {name!r} has no requests")
+        t = np.array([r.timestamp_s for r in rows], dtype=np.float64)
+        return cls(name, t - t[0], np.array([r.input_tokens for r in rows], dtype=np.int64),
+                   np.array([r.output_tokens for r in rows], dtype=np.int64),
+                   tuple(tuple(r.prefix_hashes or ()) for r in rows))
+
+    @classmethod
+    def read(cls, path: Path | str, name: str | None = None) -> Trace:
+        """A DESIGN.md trace JSONL file (validated by ``training.formats.read_jsonl``), or a CSV trace
+        (``read_csv``) when the name ends in ``.csv``."""
+        path = Path(path)
+        if path.suffix.lower() == ".csv":
+            return cls.read_csv(path, name)
+        return cls.from_rows(read_jsonl(path, "trace"), name or path.stem)
+
+    @classmethod
+    def read_csv(cls, path: Path | str, name: str | None = None) -> Trace:
+        """A CSV trace with a header naming a timestamp, a prompt-token and an output-token column.
+
+        Recognised names (case-insensitive): ``timestamp``/``time``/``arrival_time``;
+        ``context_tokens``/``contexttokens``/``input_tokens``/``prompt_tokens``;
+        ``generated_tokens``/``generatedtokens``/``output_tokens``/``completion_tokens`` (e.g. the Azure
+        LLM inference traces: ``TIMESTAMP,ContextTokens,GeneratedTokens``). Timestamps are seconds or ISO
+        8601 date-times; rows are sorted by time. No prefix hashes.
+
+        Raises:
+            DataFormatError: a column is missing, or a value does not parse (file:line, column, value).
+        """
+        import csv
+        from datetime import datetime
+
+        from training.formats import DataFormatError
+
+        path = Path(path)
+        wanted = {"timestamp": ("timestamp", "time", "arrival_time"),
+                  "input": ("context_tokens", "contexttokens", "input_tokens", "prompt_tokens"),
+                  "output": ("generated_tokens", "generatedtokens", "output_tokens", "completion_tokens")}
+        try:
+            with path.open(newline="", encoding="utf-8") as fh:
+                reader = csv.reader(fh)
+                header = [h.strip().lower() for h in next(reader, [])]
+                cols = {}
+                for key, names in wanted.items():
+                    found = next((header.index(n) for n in names if n in header), None)
+                    if found is None:
+                        raise DataFormatError(f"{path}: no {key} column; expected one of {', '.join(names)}; "
+                                              f"header is {header}")
+                    cols[key] = found
+                rows = []
+                for line_no, cells in enumerate(reader, start=2):
+                    if not cells:
+                        continue
+                    try:
+                        raw = cells[cols["timestamp"]].strip()
+                        try:
+                            t = float(raw)
+                        except ValueError:
+                            t = datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+                        rows.append((t, int(float(cells[cols["input"]])), int(float(cells[cols["output"]]))))
+                    except (ValueError, IndexError) as e:
+                        raise DataFormatError(f"{path}:{line_no}: cannot parse {cells!r:.80} ({e})") from e
+        except OSError as e:
+            raise DataFormatError(f"{path}: cannot read the CSV trace: {e}") from e
+        if not rows:
+            raise DataFormatError(f"{path}: the CSV trace has no rows")
+        rows.sort(key=lambda r: r[0])
+        t = np.array([r[0] for r in rows])
+        return cls(name or path.stem, t - t[0], np.array([max(r[1], 0) for r in rows], dtype=np.int64),
+                   np.array([max(r[2], 0) for r in rows], dtype=np.int64), ((),) * len(rows))
+
+    def scaled(self, factor: float) -> Trace:
+        """Timestamps multiplied by ``factor`` (< 1 compresses: more load)."""
+        return replace(self, arrival_s=self.arrival_s * factor)
+
+    def head(self, n: int) -> Trace:
+        return Trace(self.name, self.arrival_s[:n], self.input_tokens[:n], self.output_tokens[:n],
+                     self.prefix_hashes[:n])
+
+    def without_prefixes(self) -> Trace:
+        return replace(self, prefix_hashes=((),) * self.n)
+
+
+_NO_REQUEST = ReplicaRequest(0)
+
+
+@dataclass(frozen=True, slots=True)
+class SLO:
+    """Per-request SLO: TTFT budget growing with the prompt, and a time-per-output-token bound."""
+
+    ttft_base_s: float = 1.0
+    ttft_per_token_s: float = 1e-4
+    tpot_s: float = 0.1
+
+
+@dataclass(slots=True)
+class Telemetry:
+    """Logged dispatches: features of the chosen replica (``REPLICA_FEATURE_NAMES``) and the outcome."""
+
+    x: np.ndarray  # (n, n_features) float32
+    ttft_s: np.ndarray  # (n,)
+    replica: np.ndarray  # (n,) int
+    source: list[str] = field(default_factory=list)  # per row: "<trace>/<policy>/load=<L>"
+
+    @property
+    def n(self) -> int:
+        return int(self.ttft_s.size)
+
+    @classmethod
+    def concat(cls, parts: Iterable[Telemetry]) -> Telemetry:
+        parts = list(parts)
+        return cls(np.concatenate([p.x for p in parts]), np.concatenate([p.ttft_s for p in parts]),
+                   np.concatenate([p.replica for p in parts]), [s for p in parts for s in p.source])
+
+    def write(self, path: Path) -> Path:
+        """One Parquet shard: a column per feature + ``ttft_s``, ``replica``, ``source``."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        cols: dict[str, Any] = {name: self.x[:, j] for j, name in enumerate(REPLICA_FEATURE_NAMES)}
+        cols.update(ttft_s=self.ttft_s, replica=self.replica, source=self.source)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(cols), path)
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> Telemetry:
+        """A shard or a directory of ``*.parquet`` shards written by ``write``.
+
+        Raises:
+            FileNotFoundError: no shard found.
+            ValueError: a shard lacks a feature column (written by another feature version).
+        """
+        import pyarrow.parquet as pq
+
+        files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+        if not files or not files[0].exists():
+            raise FileNotFoundError(f"no replica telemetry (*.parquet) at {path}")
+        parts = []
+        for f in files:
+            t = pq.read_table(f)
+            missing = [c for c in (*REPLICA_FEATURE_NAMES, "ttft_s") if c not in t.column_names]
+            if missing:
+                raise ValueError(f"{f}: not replica telemetry; missing columns {missing}")
+            x = np.column_stack([t.column(c).to_numpy() for c in REPLICA_FEATURE_NAMES]).astype(np.float32)
+            parts.append(cls(x, t.column("ttft_s").to_numpy().astype(np.float64),
+                             t.column("replica").to_numpy() if "replica" in t.column_names else np.zeros(len(x), int),
+                             t.column("source").to_pylist() if "source" in t.column_names else [f.stem] * len(x)))
+        return cls.concat(parts)
+
+
+@dataclass(slots=True)
+class SimResult:
+    """Per-request outcomes of one simulation (engine seconds) plus per-replica counters."""
+
+    trace: Trace
+    policy: str
+    replica: np.ndarray
+    ttft_s: np.ndarray
+    e2e_s: np.ndarray
+    busy_s: np.ndarray  # per replica
+    hit_tokens: int
+    prefill_tokens: int
+    wall_s: float
+    telemetry: Telemetry | None = None
+
+    def metrics(self, slo: SLO = SLO()) -> dict[str, Any]:
+        """TTFT / e2e percentiles (s), throughput, SLO attainment, prefix-hit share and load balance."""
+        tr, n_rep = self.trace, self.busy_s.size
+        ttft, e2e = self.ttft_s, self.e2e_s
+        span = float(np.max(tr.arrival_s + e2e) - tr.arrival_s[0])
+        out = tr.output_tokens
+        tpot = np.where(out > 1, (e2e - ttft) / np.maximum(out - 1, 1), 0.0)
+        ttft_ok = ttft <= slo.ttft_base_s + slo.ttft_per_token_s * tr.input_tokens
+        counts = np.bincount(self.replica, minlength=n_rep)
+        util = self.busy_s / span if span > 0 else np.zeros(n_rep)
+        m: dict[str, Any] = {"n_requests": tr.n}
+        for name, v in (("ttft", ttft), ("e2e", e2e)):
+            p50, p90, p99 = np.percentile(v, [50, 90, 99])
+            m.update({f"{name}_p50": float(p50), f"{name}_p90": float(p90), f"{name}_p99": float(p99),
+                      f"{name}_mean": float(v.mean())})
+        m.update({
+            "throughput": tr.n / span if span > 0 else math.inf,
+            "output_tokens_per_s": float(out.sum()) / span if span > 0 else math.inf,
+            "slo_attainment": float(np.mean(ttft_ok & (tpot <= slo.tpot_s))),
+            "ttft_slo_attainment": float(np.mean(ttft_ok)),
+            "prefix_hit_frac": self.hit_tokens / max(int(tr.input_tokens.sum()), 1),
+            "requests_per_replica": counts.tolist(),
+            "max_over_mean_requests": float(counts.max() / counts.mean()) if counts.sum() else 0.0,
+            "utilization_per_replica": [round(float(u), 4) for u in util],
+            "max_over_mean_utilization": float(util.max() / util.mean()) if util.mean() > 0 else 0.0,
+            "sim_requests_per_wall_s": tr.n / self.wall_s if self.wall_s > 0 else math.inf,
+        })
+        return m
+
+
+def _engines(engine: EngineConfig | Sequence[EngineConfig] | None, n_replicas: int) -> list[EngineConfig]:
+    if n_replicas < 1:
+        raise ValueError(f"n_replicas must be >= 1; got {n_replicas}")
+    if engine is None or isinstance(engine, EngineConfig):
+        return [engine or EngineConfig()] * n_replicas
+    cfgs = list(engine)
+    if len(cfgs) != n_replicas:
+        raise ValueError(f"got {len(cfgs)} engine configs for {n_replicas} replicas; pass one or one per replica")
+    return cfgs
+
+
+def simulate(trace: Trace, n_replicas: int, policy: ReplicaPolicy, *,
+             engine: EngineConfig | Sequence[EngineConfig] | None = None, telemetry: bool = False,
+             source: str = "") -> SimResult:
+    """Replay ``trace`` over ``n_replicas`` engines, ``policy`` choosing the replica at each arrival."""
+    cfgs = _engines(engine, n_replicas)
+    n = trace.n
+    first: list[float] = [math.nan] * n
+    done: list[float] = [math.nan] * n
+    engines = [ReplicaEngine(c, first, done) for c in cfgs]
+    arrival, n_in, n_out = trace.arrival_s.tolist(), trace.input_tokens.tolist(), trace.output_tokens.tolist()
+    hashes = trace.prefix_hashes
+    chosen = [0] * n
+    states: list[tuple[float, ...]] = []
+    hits: list[int] = []
+    heap: list[tuple[float, int, int, int]] = []
+    push, pop = heapq.heappush, heapq.heappop
+    seq = 0
+    needs = getattr(policy, "needs", "full")
+    no_stats: list[None] = [None] * n_replicas
+    choose = policy.choose
+    choose_loads = getattr(policy, "choose_loads", None)
+    if needs == "load" and choose_loads is None:
+        needs = "full"
+    t_wall = time.perf_counter()
+    for i in range(n):
+        t = arrival[i]
+        while heap and heap[0][0] <= t:
+            _, _, r, ver = pop(heap)
+            e = engines[r]
+            if ver == e.version:
+                e.step_run()
+                if e.K:
+                    seq += 1
+                    push(heap, (e.t0 + e.K * e.dt, seq, r, e.version))
+        if needs == "load":
+            r = choose_loads([e.n_admitted + len(e.waiting) for e in engines])
+        elif needs == "full":
+            req = ReplicaRequest(n_in[i], hashes[i])
+            stats: list[Any] = [e.stats(t) for e in engines]
+            r = choose(stats, req)
+        else:
+            r = choose(no_stats, _NO_REQUEST)
+        chosen[i] = r
+        e = engines[r]
+        if telemetry:  # featurised in one vectorised call at the end (same function as online)
+            snap = stats[r] if needs == "full" else e.stats(t)
+            states.append(replica_state(snap))
+            hits.append(prefix_hit_tokens(hashes[i], snap["prefix_summary"], n_in[i]) if hashes[i] else 0)
+        ver = e.version
+        e.submit(t, i, n_in[i], n_out[i], hashes[i])
+        if e.version != ver and e.K:
+            seq += 1
+            push(heap, (e.t0 + e.K * e.dt, seq, r, e.version))
+    while heap:
+        _, _, r, ver = pop(heap)
+        e = engines[r]
+        if ver == e.version:
+            e.step_run()
+            if e.K:
+                seq += 1
+                push(heap, (e.t0 + e.K * e.dt, seq, r, e.version))
+    wall = time.perf_counter() - t_wall
+    arr = trace.arrival_s
+    ttft, e2e = np.array(first) - arr, np.array(done) - arr
+    replica = np.array(chosen, dtype=np.int64)
+    tel = None
+    if telemetry:
+        x = features_from_states(states, hits, trace.input_tokens)
+        tel = Telemetry(x, ttft, replica, [source or f"{trace.name}/{policy.name}"] * n)
+    return SimResult(trace, policy.name, replica, ttft, e2e, np.array([e.busy_s for e in engines]),
+                     sum(e.n_hit_tokens for e in engines), sum(e.n_prefill_tokens for e in engines), wall, tel)
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+
+def replica_capacity_rps(trace: Trace, engine: EngineConfig | None = None, n_sample: int = 2000) -> float:
+    """Requests per second one replica sustains on this trace's request mix (saturated, prefix cache off).
+
+    ``n_sample`` requests spread evenly over the trace are all queued at t=0 and run to completion;
+    capacity = ``n_sample / makespan``. With a mix of other sizes, the result is that of this mix.
+    """
+    cfg = (engine or EngineConfig()).model_copy(update={"prefix_cache_blocks": 0})
+    idx = np.unique(np.linspace(0, trace.n - 1, num=min(n_sample, trace.n)).astype(np.int64))
+    sample = Trace(trace.name, np.zeros(idx.size), trace.input_tokens[idx], trace.output_tokens[idx],
+                   ((),) * idx.size)
+    res = simulate(sample, 1, RoundRobin(0), engine=cfg)  # one replica: any policy
+    return idx.size / float(np.max(res.e2e_s))
+
+
+@dataclass(frozen=True, slots=True)
+class ScaledTrace:
+    trace: Trace
+    load: float
+    time_factor: float  # new timestamps = original * time_factor
+    capacity_rps: float  # of one replica
+    offered_rps: float
+
+
+def scale_to_load(trace: Trace, load: float, n_replicas: int, engine: EngineConfig | None = None,
+                  capacity_rps: float | None = None) -> ScaledTrace:
+    """Rescale timestamps so that ``offered_rps = load * n_replicas * capacity_rps`` (see module docstring)."""
+    if not (load > 0 and math.isfinite(load)):
+        raise ValueError(f"load must be a finite number > 0; got {load!r}")
+    if trace.n < 2 or trace.duration_s <= 0:
+        raise ValueError(f"trace {trace.name!r} needs at least two distinct timestamps to be scaled")
+    cap = capacity_rps if capacity_rps is not None else replica_capacity_rps(trace, engine)
+    target = load * n_replicas * cap
+    factor = trace.rate_rps / target
+    return ScaledTrace(trace.scaled(factor), load, factor, cap, target)
