@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from router.config import RouterConfig, _Frozen
 from router.errors import ArtifactError, FeatureMismatchError
 from router.features import FEATURE_VERSION, feature_names, feature_spec_hash
+from router.classifier import ClassifierInfo
 from router.policy import PolicyInfo
 
 MANIFEST = "manifest.json"
@@ -46,6 +47,7 @@ class Manifest(BaseModel):
     feature_spec_hash: str
     feature_names: tuple[str, ...]
     router: RouterConfig
+    classifier: ClassifierInfo
     policy: PolicyInfo
     files: dict[str, FileEntry]
     metrics: dict[str, Any] = Field(default_factory=dict)
@@ -102,7 +104,7 @@ def _read_manifest(path: Path) -> Manifest:
 
 
 def _check_files(path: Path, manifest: Manifest) -> None:
-    missing = [f for f in REQUIRED_FILES if f not in manifest.files]
+    missing = [f for f in (*REQUIRED_FILES, *manifest.classifier.files) if f not in manifest.files]
     if missing:
         raise ArtifactError(f"{path / MANIFEST}: required file(s) {missing} not listed")
     for name, entry in manifest.files.items():
@@ -126,6 +128,9 @@ def _check_features(path: Path, manifest: Manifest) -> None:
         )
     if tuple(manifest.feature_names) != feature_names(taxonomy):
         raise FeatureMismatchError(f"{path}: manifest feature_names differ from router.features.feature_names")
+    if tuple(manifest.classifier.taxonomy) != tuple(taxonomy):
+        raise ArtifactError(f"{path}: classifier taxonomy {list(manifest.classifier.taxonomy)} differs from the "
+                            f"router taxonomy {list(taxonomy)}")
     if manifest.policy.n_context != len(manifest.feature_names):
         raise FeatureMismatchError(f"{path}: policy expects {manifest.policy.n_context} context features; "
                                    f"the feature spec has {len(manifest.feature_names)}")
@@ -140,6 +145,7 @@ def write_bundle(
     files: dict[str, bytes],
     *,
     router: RouterConfig,
+    classifier: ClassifierInfo,
     policy: PolicyInfo,
     metrics: dict[str, Any] | None = None,
     bundle_version: str | None = None,
@@ -155,6 +161,7 @@ def write_bundle(
         feature_spec_hash=feature_spec_hash(router.taxonomy),
         feature_names=feature_names(router.taxonomy),
         router=router,
+        classifier=classifier,
         policy=policy,
         files={n: FileEntry(sha256=hashlib.sha256(b).hexdigest(), bytes=len(b)) for n, b in files.items()},
         metrics=metrics or {},

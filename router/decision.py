@@ -36,6 +36,7 @@ class Decision:
     category: str
     category_probs: tuple[float, ...]
     confidence: float
+    ood: bool
     fallback: bool
     cache_tier: CacheTier
     cache_hit: CacheHit | None
@@ -58,7 +59,7 @@ class Router:
         m = bundle.manifest
         self.bundle = bundle
         self.config = config or m.router
-        self.classifier = CategoryClassifier(make_session(bundle.file("classifier.onnx")), m.router.taxonomy)
+        self.classifier = CategoryClassifier.from_files(bundle.path, m.classifier)
         self.scorer = PolicyScorer(make_session(bundle.file("policy.onnx")), m.policy)
         self.online = OnlineCorrection(m.policy.online)
         self.cache = cache if cache is not None else ResponseCache(CachePolicy.load(bundle.file("cache_policy.json")))
@@ -76,19 +77,19 @@ class Router:
                preference: Preference | None = None) -> Decision:
         t0 = time.perf_counter()
         cfg = self.config
-        probs = self._classify(request.prompt)
+        probs, ood = self._classify(request.prompt)
         finite = probs is not None
         if probs is None:  # unusable classifier output: fallback, with no category evidence
             probs = np.zeros(len(cfg.taxonomy), dtype=np.float32)
         top = int(np.argmax(probs))
         category, confidence = cfg.taxonomy[top], float(probs[top])
         features = featurize(request.prompt, probs, request.n_turns)
-        fallback = not finite or confidence < cfg.min_confidence
+        fallback = not finite or ood or confidence < cfg.min_confidence
         tier: CacheTier = "skip" if fallback else self.cache.policy.for_category(category).tier
         hit = self.cache.lookup(request.tenant, category, tier, request.conversation, now_s)
         common: dict[str, Any] = dict(
             request_id=request.request_id, category=category, category_probs=tuple(probs.tolist()),
-            confidence=confidence, fallback=fallback, cache_tier=tier, cache_hit=hit,
+            confidence=confidence, ood=ood, fallback=fallback, cache_tier=tier, cache_hit=hit,
             features=tuple(features.tolist()), bundle_version=self.version)
         if hit is not None:
             return Decision(**common, model=hit.model, candidates=(hit.model,), action_probs=(1.0,), propensity=1.0,
@@ -101,16 +102,18 @@ class Router:
             self.n_fallbacks += 1
             return self._fallback(common, t0)
 
-    def _classify(self, prompt: str) -> np.ndarray | None:
-        """Category probabilities, or None (counted) when the classifier fails or returns NaN/inf."""
+    def _classify(self, prompt: str) -> tuple[np.ndarray | None, bool]:
+        """(category probabilities, out-of-distribution?); probabilities are None (counted) when the
+        classifier fails or returns NaN/inf."""
         try:
-            probs = self.classifier.predict_proba([prompt])[0]
+            out = self.classifier.predict([prompt])
+            probs, ood = out.probs[0], bool(out.is_ood[0])
         except Exception:
-            probs = None
+            probs, ood = None, False
         if probs is None or not np.isfinite(probs.sum()):
             self.n_fallbacks += 1
-            return None
-        return probs
+            return None, False
+        return probs, ood
 
     def observe(self, decision: Decision, quality: float) -> None:
         """Feed an observed quality back into the online correction (policy decisions only)."""

@@ -113,7 +113,7 @@ class GatewayCore:
                       "total_tokens": request.input_tokens + out_tokens},
             "turnout": {
                 "request_id": request.request_id, "category": decision.category, "confidence": decision.confidence,
-                "fallback": decision.fallback, "cache_tier": decision.cache_tier,
+                "ood": decision.ood, "fallback": decision.fallback, "cache_tier": decision.cache_tier,
                 "cache_hit": decision.cache_hit is not None, "model": decision.model,
                 "replica": record.replica, "propensity": decision.propensity, "policy": decision.policy,
                 "bundle_version": decision.bundle_version, "arm": self.arm, "cost_usd": record.cost_usd,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,24 +32,6 @@ def classification_report(truth: Sequence[str], pred: Sequence[str], classes: Se
     return {"accuracy": float(np.mean(t == p)) if len(t) else 0.0,
             "macro_f1": float(np.mean([per_class[c]["f1"] for c in present])) if present else 0.0,
             "per_class": per_class, "n": int(len(t))}
-
-
-def eval_classifier(bundle: Bundle, texts: Sequence[str], labels: Sequence[str], n_latency: int = 500) -> dict[str, Any]:
-    router = Router(bundle)
-    taxonomy = bundle.manifest.router.taxonomy
-    unknown = sorted(set(labels) - set(taxonomy))
-    if unknown:
-        raise ValueError(f"labels {unknown} are not in the bundle taxonomy {list(taxonomy)}")
-    probs = np.concatenate([router.classifier.predict_proba(list(texts[i:i + 1024])) for i in range(0, len(texts), 1024)])
-    pred = [taxonomy[i] for i in probs.argmax(axis=1)]
-    report = classification_report(labels, pred, taxonomy)
-    timings = []
-    for text in list(texts)[:n_latency]:
-        t0 = time.perf_counter()
-        router.classifier.predict_proba([text])
-        timings.append((time.perf_counter() - t0) * 1000.0)
-    report["latency_ms"] = {"p50": float(np.percentile(timings, 50)), "p99": float(np.percentile(timings, 99))}
-    return report
 
 
 def ope_batch(bundle: Bundle, table: pa.Table, preference: Preference | None = None) -> OPEBatch:

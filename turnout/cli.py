@@ -75,7 +75,8 @@ def cmd_train_bundle(a: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     bundle = build_bundle(a.logs, load_config(a.config, RouterConfig), a.out, labelled=[Path(p) for p in a.labelled],
-                          seed=a.seed, bundle_version=a.version, step=lambda m: console.log(m))
+                          seed=a.seed, bundle_version=a.version, classifier_family=a.classifier_family,
+                          step=lambda m: console.log(m))
     _emit({"bundle": str(bundle.path), "bundle_version": bundle.version, "metrics": bundle.manifest.metrics})
     return 0
 
@@ -136,12 +137,32 @@ def cmd_ope(a: argparse.Namespace) -> int:
 
 def cmd_eval_classifier(a: argparse.Namespace) -> int:
     from router.bundle import load_bundle
-    from training.evaluation import eval_classifier
+    from training.classifier_eval import eval_classifier_report
     from training.formats import read_jsonl
 
+    if (Path(a.bundle) / "manifest.json").exists():
+        load_bundle(a.bundle)  # verify hashes before trusting the files
     rows = read_jsonl(a.data, "labelled")
-    report = eval_classifier(load_bundle(a.bundle), [r.text for r in rows], [r.category for r in rows])
+    ood = [r.text for r in read_jsonl(a.ood, "labelled")] if a.ood else None
+    report = eval_classifier_report(Path(a.bundle), [r.text for r in rows], [r.category for r in rows], ood)
     _emit(report, a.out)
+    return 0
+
+
+def cmd_data_categories(a: argparse.Namespace) -> int:
+    from training.categories import build_category_set
+
+    _emit(build_category_set(Path(a.shared_dir), Path(a.out), seed=a.seed))
+    return 0
+
+
+def cmd_train_classifier(a: argparse.Namespace) -> int:
+    from router.config import RouterConfig, load_config
+    from training.classifier import train_classifier_cli
+
+    taxonomy = load_config(a.config, RouterConfig).taxonomy
+    _emit(train_classifier_cli([Path(d) for d in a.data], Path(a.out), taxonomy, a.seed, family=a.family,
+                               target_fpr=a.target_fpr))
     return 0
 
 
@@ -208,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     val = dsub.add_parser("validate", help="validate Parquet logs against the schema")
     val.add_argument("logs")
     val.set_defaults(func=cmd_data_validate)
+    cat = dsub.add_parser("categories", help="build the labelled category set from the public datasets")
+    cat.add_argument("--shared-dir", default="../shared/data")
+    cat.add_argument("--out", required=True, help='JSONL: {"text", "category", "source"}')
+    cat.add_argument("--seed", type=int, default=0)
+    cat.set_defaults(func=cmd_data_categories)
     tel = dsub.add_parser("telemetry", help="simulate replica dispatch telemetry for `turnout train replicas`")
     tel.add_argument("--out", required=True)
     tel.add_argument("--trace", action="append", default=[], help="extra trace JSONL (repeatable)")
@@ -232,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--labelled", action="append", default=[], help="extra labelled prompts JSONL (repeatable)")
     tb.add_argument("--seed", type=int, default=0)
     tb.add_argument("--version", default=None, help="bundle_version (default: UTC timestamp)")
+    tb.add_argument("--classifier-family", choices=["tfidf", "encoder", "auto"], default="tfidf",
+                    help="tfidf: <1 ms; encoder: better on unseen sources, ~11 ms (benchmarks/classifier.py)")
     tb.set_defaults(func=cmd_train_bundle)
     tp = tsub.add_parser("policy", help="refit the model policy on logs; keeps the bundle's classifier and cache policy")
     tp.add_argument("--logs", required=True, help="directory of Parquet log shards (with propensities)")
@@ -240,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--seed", type=int, default=0)
     tp.add_argument("--version", default=None, help="bundle_version (default: UTC timestamp)")
     tp.set_defaults(func=cmd_train_policy)
+    tc = tsub.add_parser("classifier", help="category classifier + OOD guard -> ONNX files in a directory")
+    tc.add_argument("--data", action="append", required=True, help='labelled JSONL (repeatable; a "source" key enables leave-one-source-out selection)')
+    tc.add_argument("--out", required=True)
+    tc.add_argument("--config", default="configs/router.yaml", help="router config (taxonomy)")
+    tc.add_argument("--family", choices=["auto", "tfidf", "encoder"], default="auto")
+    tc.add_argument("--target-fpr", type=float, default=0.05, help="OOD false-positive rate on in-distribution validation")
+    tc.add_argument("--seed", type=int, default=0)
+    tc.set_defaults(func=cmd_train_classifier)
     trp = tsub.add_parser("replicas", help="fit the TTFT predictor (replicas.onnx) on replica telemetry")
     trp.add_argument("--logs", required=True, help="telemetry Parquet shards (see `turnout data telemetry`)")
     trp.add_argument("--out", required=True, help="directory for replicas.onnx + replicas.json")
@@ -259,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     ec = esub.add_parser("classifier", help="accuracy, macro-F1, per-class and latency on labelled prompts")
     ec.add_argument("--bundle", required=True)
     ec.add_argument("--data", required=True, help='labelled JSONL: {"text", "category"}')
+    ec.add_argument("--ood", default=None, help="JSONL of out-of-distribution prompts ({\"text\", \"category\": \"ood\"})")
     ec.add_argument("--json", action="store_true")
     ec.add_argument("--out", default=None)
     ec.set_defaults(func=cmd_eval_classifier)

@@ -175,30 +175,30 @@ def test_not_a_directory(tmp_path: Path) -> None:
 
 
 def _files(b: Bundle) -> dict[str, bytes]:
-    return {n: b.file(n).read_bytes() for n in REQUIRED_FILES}
+    return {n: b.file(n).read_bytes() for n in b.manifest.files}
 
 
 def test_write_bundle_over_an_existing_bundle(bundle: Bundle, tmp_path: Path) -> None:
     out = tmp_path / "live"
     m = bundle.manifest
-    first = write_bundle(out, _files(bundle), router=m.router, policy=m.policy, bundle_version="v1")
+    first = write_bundle(out, _files(bundle), router=m.router, classifier=m.classifier, policy=m.policy, bundle_version="v1")
     assert first.version == "v1"
-    second = write_bundle(out, _files(bundle), router=m.router, policy=m.policy, bundle_version="v2",
+    second = write_bundle(out, _files(bundle), router=m.router, classifier=m.classifier, policy=m.policy, bundle_version="v2",
                           metrics={"note": "second"})
     assert second.path == out.resolve()
     loaded = load_bundle(out)
     assert loaded.version == "v2" and loaded.manifest.metrics == {"note": "second"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live"]  # no temp directories left beside it
-    assert sorted(os.listdir(out)) == sorted([*REQUIRED_FILES, MANIFEST])
+    assert sorted(os.listdir(out)) == sorted([*bundle.manifest.files, MANIFEST])
 
 
 def test_failed_write_keeps_the_previous_bundle(bundle: Bundle, tmp_path: Path) -> None:
     out = tmp_path / "live"
     m = bundle.manifest
-    write_bundle(out, _files(bundle), router=m.router, policy=m.policy, bundle_version="v1")
+    write_bundle(out, _files(bundle), router=m.router, classifier=m.classifier, policy=m.policy, bundle_version="v1")
     incomplete = {k: v for k, v in _files(bundle).items() if k != "policy.onnx"}
     with pytest.raises(ArtifactError, match=r"required file\(s\) \['policy\.onnx'\] not listed"):
-        write_bundle(out, incomplete, router=m.router, policy=m.policy, bundle_version="v2")
+        write_bundle(out, incomplete, router=m.router, classifier=m.classifier, policy=m.policy, bundle_version="v2")
     assert load_bundle(out).version == "v1"
 
 
@@ -207,5 +207,5 @@ def test_failed_write_leaves_no_temp_directory(bundle: Bundle, tmp_path: Path) -
     m = bundle.manifest
     incomplete = {k: v for k, v in _files(bundle).items() if k != "policy.onnx"}
     with pytest.raises(ArtifactError):
-        write_bundle(out, incomplete, router=m.router, policy=m.policy, bundle_version="v2")
+        write_bundle(out, incomplete, router=m.router, classifier=m.classifier, policy=m.policy, bundle_version="v2")
     assert list(tmp_path.iterdir()) == []

@@ -11,7 +11,8 @@ from turnout.cli import main
 
 SUBCOMMANDS = [[], ["data"], ["data", "convert"], ["data", "schema"], ["data", "validate"], ["simulate"], ["train"],
                ["train", "bundle"], ["train", "policy"], ["ope"], ["eval"], ["eval", "classifier"], ["eval", "router"], ["eval", "replicas"],
-               ["train", "replicas"], ["data", "telemetry"], ["serve"], ["replay"], ["demo"]]
+               ["train", "replicas"], ["data", "telemetry"],
+               ["train", "classifier"], ["data", "categories"], ["serve"], ["replay"], ["demo"]]
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "turnout")

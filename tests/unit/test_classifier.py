@@ -1,0 +1,162 @@
+"""router.classifier + router.ood: calibrated probabilities, the OOD guard, and inputs that must never raise."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from router.classifier import CategoryClassifier, ClassifierInfo, apply_temperature
+from router.errors import ArtifactError
+from router.ood import CharLanguageModel, combine, prepare_text
+from training.classifier import FittedClassifier, expected_calibration_error, fit_category_model, fit_temperature
+from training.prompts import CATEGORIES, generate_prompt
+
+BAD_INPUTS = {
+    "empty": "",
+    "whitespace": " \n\t\r  \u00a0 ",
+    "lone_surrogate": "\ud800",
+    "lone_low_surrogate_in_text": "abc \udfff def",
+    "emoji_only": "😀🎉🔥👍🏽",
+    "one_megabyte": "z" * 1_000_000,
+    "mixed_scripts": "Hello 你好 Привет مرحبا שלום こんにちは",
+    "base64": base64.b64encode(np.random.default_rng(1).bytes(600)).decode(),
+    "gibberish": "asdkjh qweoiu zxcmnb lkjqwe poiuyt mnbvcx",
+    "nul_and_controls": "\x00\x01\x02\x7f",
+    "punctuation": "?!?!... ---",
+    "chinese": "请用中文回答这个问题，谢谢你的帮助",
+}
+
+
+@pytest.fixture(scope="module")
+def corpus() -> tuple[list[str], list[str]]:
+    rng = np.random.default_rng(5)
+    rows = [generate_prompt(c, rng) for c in CATEGORIES for _ in range(120)]
+    return [r.text for r in rows], [r.category for r in rows]
+
+
+@pytest.fixture(scope="module")
+def fitted(corpus: tuple[list[str], list[str]]) -> FittedClassifier:
+    texts, labels = corpus
+    return fit_category_model(texts, labels, CATEGORIES, seed=0, family="tfidf", target_fpr=0.05)
+
+
+@pytest.fixture(scope="module")
+def clf(fitted: FittedClassifier) -> CategoryClassifier:
+    return fitted.load()
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_input_is_ood_and_never_raises(clf: CategoryClassifier, name: str) -> None:
+    out = clf.predict([BAD_INPUTS[name]])
+    assert out.probs.shape == (1, len(CATEGORIES)) and np.isfinite(out.probs).all()
+    assert out.probs.sum() == pytest.approx(1.0, abs=1e-5)
+    assert bool(out.is_ood[0]), f"{name}: ood_score {out.ood_score[0]:.3f} < threshold {clf.info.ood.threshold:.3f}"
+
+
+def test_all_bad_inputs_in_one_batch_with_good_ones(clf: CategoryClassifier) -> None:
+    good = ["how do I reverse a list in python?", "Write a short poem about autumn leaves."]
+    out = clf.predict(list(BAD_INPUTS.values()) + good)
+    assert out.is_ood[: len(BAD_INPUTS)].all()
+    assert not out.is_ood[len(BAD_INPUTS):].any()
+    assert [CATEGORIES[i] for i in out.probs[len(BAD_INPUTS):].argmax(1)] == ["code", "writing"]
+
+
+def test_legacy_predict_proba_never_raises_on_bad_input(clf: CategoryClassifier) -> None:
+    legacy = CategoryClassifier(clf.session, CATEGORIES)
+    probs = legacy.predict_proba(list(BAD_INPUTS.values()))
+    assert probs.shape == (len(BAD_INPUTS), len(CATEGORIES)) and np.isfinite(probs).all()
+    assert legacy.predict([""]).is_ood.all()
+
+
+def test_empty_batch(clf: CategoryClassifier) -> None:
+    out = clf.predict([])
+    assert out.probs.shape == (0, len(CATEGORIES)) and out.is_ood.shape == (0,)
+
+
+def test_in_distribution_fpr_near_target(clf: CategoryClassifier) -> None:
+    rng = np.random.default_rng(99)  # unseen prompts from the training distribution
+    texts = [generate_prompt(c, rng).text for c in CATEGORIES for _ in range(60)]
+    assert clf.predict(texts).is_ood.mean() <= 0.15
+
+
+def test_calibration_bounds_on_held_out(fitted: FittedClassifier, clf: CategoryClassifier) -> None:
+    m = fitted.metrics
+    assert m["test_ece"] <= 0.08, m
+    assert 0.05 <= m["temperature"] <= 20
+    rng = np.random.default_rng(123)
+    rows = [generate_prompt(c, rng) for c in CATEGORIES for _ in range(50)]
+    probs = clf.predict_proba([r.text for r in rows])
+    truth = np.array([CATEGORIES.index(r.category) for r in rows])
+    assert expected_calibration_error(probs, truth) <= 0.10
+
+
+def test_temperature_scaling_recovers_a_known_temperature() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, size=(4000, 5))
+    truth = np.array([rng.choice(5, p=np.exp(l / 2.0) / np.exp(l / 2.0).sum()) for l in logits])
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert fit_temperature(probs, truth) == pytest.approx(2.0, rel=0.15)
+    np.testing.assert_allclose(apply_temperature(probs, 1.0), probs, atol=1e-7)
+    assert (apply_temperature(probs, 2.0).argmax(1) == probs.argmax(1)).all()
+
+
+def test_info_round_trips_and_forbids_unknown_keys(fitted: FittedClassifier) -> None:
+    raw = fitted.info.model_dump_json()
+    assert ClassifierInfo.model_validate_json(raw) == fitted.info
+    bad = json.loads(raw) | {"surprise": 1}
+    with pytest.raises(ValueError, match="surprise"):
+        ClassifierInfo.model_validate(bad)
+    assert set(fitted.info.files) == set(fitted.files)
+
+
+def test_from_files_names_a_missing_file(fitted: FittedClassifier, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    fitted.write(tmp_path)
+    assert CategoryClassifier.from_files(tmp_path, fitted.info).predict(["hi"]).probs.shape == (1, 6)
+    (tmp_path / fitted.info.ood.lm_file).unlink()
+    with pytest.raises(ArtifactError, match="ood_lm.json"):
+        CategoryClassifier.from_files(tmp_path, fitted.info)
+
+
+def test_taxonomy_mismatch_is_an_artifact_error(fitted: FittedClassifier, clf: CategoryClassifier) -> None:
+    with pytest.raises(ArtifactError, match="taxonomy"):
+        CategoryClassifier(clf.session, tuple(reversed(CATEGORIES)), fitted.info, clf.lm)
+
+
+def test_prepare_text_is_bounded_and_encodable() -> None:
+    out = prepare_text("A\ud800B  \n C" + "x" * 10_000, max_chars=50)
+    assert len(out) == 50 and out.startswith("a\ufffdb c")
+    out.encode("utf-8")
+    assert prepare_text(None, 10) == "" and prepare_text(12, 10) == "12"
+
+
+def test_char_lm_ranks_language_over_noise() -> None:
+    lm = CharLanguageModel.fit([prepare_text(t, 1000) for t in ["the cat sat on the mat", "the dog ate the bone"] * 5])
+    assert lm.mean_nll("the cat ate") < lm.mean_nll("xqzv jkwp")
+    assert lm.oov_rate("the cat") == 0.0 and lm.oov_rate("der hund") == 1.0
+    assert CharLanguageModel.from_json(lm.to_json()) == lm
+
+
+def test_combine_is_the_max_of_the_per_feature_cdfs() -> None:
+    q = {"char_nll": tuple(np.linspace(0, 10, 11)), "oov_rate": tuple(np.zeros(11))}
+    feats = np.array([[-1.0, 0.0], [5.0, 0.0], [20.0, 0.0], [0.0, 0.5]])
+    np.testing.assert_allclose(combine(feats, q), [0.0, 5 / 11, 1.0, 1.0])
+
+
+def test_fit_rejects_too_few_examples_and_bad_fpr() -> None:
+    texts = [f"prompt number {i}" for i in range(30)]
+    with pytest.raises(ValueError, match="at least 10"):
+        fit_category_model(texts, ["code"] * 25 + ["math"] * 5, ("code", "math"), family="tfidf")
+    with pytest.raises(ValueError, match="target_fpr"):
+        fit_category_model(texts, ["code", "math"] * 15, ("code", "math"), family="tfidf", target_fpr=1.5)
+    with pytest.raises(ValueError, match="not in the taxonomy"):
+        fit_category_model(texts, ["code", "poetry"] * 15, ("code", "math"), family="tfidf")
+
+
+def test_fit_works_on_a_tiny_corpus() -> None:
+    rng = np.random.default_rng(3)
+    rows = [generate_prompt(c, rng) for c in ("code", "math") for _ in range(12)]
+    fitted = fit_category_model([r.text for r in rows], [r.category for r in rows], ("code", "math"), family="tfidf")
+    assert fitted.load().predict(["solve 3x + 1 = 7"]).probs.shape == (1, 2)
