@@ -114,7 +114,7 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     for c, n in sorted(summary["per_category"].items()):
         t.add_row(f"category {c}", str(n))
     t.add_row("cache hits", str(summary["cache_hits"]))
-    t.add_row("fallbacks (low confidence)", str(summary["fallbacks"]))
+    t.add_row("fallbacks (OOD or low confidence)", str(summary["fallbacks"]))
     t.add_row("latency p50 / p99 (ms)", f"{summary['latency_ms']['p50']:.1f} / {summary['latency_ms']['p99']:.1f}")
     t.add_row("throughput (req/s)", f"{summary['throughput_rps']:.1f}")
     t.add_row("cost (USD)", f"{summary['cost_usd']:.4f}")
