@@ -30,14 +30,9 @@ logger = logging.getLogger("ray.serve")
 _Snap = tuple[Mapping[str, Any], ReplicaState, Container[int] | None, str]
 
 
-class Pow2ReplicaRouter(FIFOMixin, RequestRouter):
-    def initialize_state(self, seed: int | None = None, **_: Any) -> None:
-        self._rng = np.random.default_rng(seed)
-
-    def _rng_(self) -> np.random.Generator:
-        if not hasattr(self, "_rng"):  # initialize_state not called (no kwargs configured)
-            self._rng = np.random.default_rng()
-        return self._rng
+class SafeRequestRouter(FIFOMixin, RequestRouter):
+    """The frame both routers share -- the one place the Ray 2.60 traps are handled: always set
+    ``should_backoff``, pre-filter full replicas, and turn any exception into "any candidate"."""
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
@@ -47,15 +42,32 @@ class Pow2ReplicaRouter(FIFOMixin, RequestRouter):
             cands = self.select_available_replicas(candidate_replicas) or candidate_replicas
             if len(cands) <= 1:
                 return [cands]
-            loads = [replica_load(r.routing_stats, self.replica_queue_len_cache.get(r.replica_id)) for r in cands]
-            pick = choose_pow2(loads, self._rng_())
-            return [[cands[pick]], [r for i, r in enumerate(cands) if i != pick]]
+            return self.ranks(cands, pending_request)
         except Exception:  # never raise: Ray would hang the request
-            logger.exception("Pow2ReplicaRouter failed; routing to any candidate")
+            logger.exception("%s failed; routing to any candidate", type(self).__name__)
             return [candidate_replicas]
 
+    def ranks(self, cands: list[RunningReplica], pending_request: PendingRequest | None) -> list[list[RunningReplica]]:
+        """Ranks of at least two available candidates, best first."""
+        raise NotImplementedError
 
-class LearnedReplicaRouter(FIFOMixin, RequestRouter):
+
+class Pow2ReplicaRouter(SafeRequestRouter):
+    def initialize_state(self, seed: int | None = None, **_: Any) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def _rng_(self) -> np.random.Generator:
+        if not hasattr(self, "_rng"):  # initialize_state not called (no kwargs configured)
+            self._rng = np.random.default_rng()
+        return self._rng
+
+    def ranks(self, cands: list[RunningReplica], pending_request: PendingRequest | None) -> list[list[RunningReplica]]:
+        loads = [replica_load(r.routing_stats, self.replica_queue_len_cache.get(r.replica_id)) for r in cands]
+        pick = choose_pow2(loads, self._rng_())
+        return [[cands[pick]], [r for i, r in enumerate(cands) if i != pick]]
+
+
+class LearnedReplicaRouter(SafeRequestRouter):
     """Replicas ranked by predicted TTFT (argmin first; ties at random); pow-2 when anything is missing.
 
     Configure with ``RequestRouterConfig(request_router_class="serving.replica_router:LearnedReplicaRouter",
@@ -106,18 +118,8 @@ class LearnedReplicaRouter(FIFOMixin, RequestRouter):
             self.initialize_state()
         return self._policy
 
-    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
-                              pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
-        if pending_request is not None:
-            pending_request.routing_context.should_backoff = True
-        try:
-            cands = self.select_available_replicas(candidate_replicas) or candidate_replicas
-            if len(cands) <= 1:
-                return [cands]
-            return [[cands[i]] for i in self.rank(cands, self._request(pending_request))]
-        except Exception:  # never raise: Ray would hang the request
-            logger.exception("LearnedReplicaRouter failed; routing to any candidate")
-            return [candidate_replicas]
+    def ranks(self, cands: list[RunningReplica], pending_request: PendingRequest | None) -> list[list[RunningReplica]]:
+        return [[cands[i]] for i in self.rank(cands, self._request(pending_request))]
 
     def rank(self, cands: list[RunningReplica], request: ReplicaRequest) -> list[int]:
         """Candidate indices, best first (the decision ``choose_replicas`` wraps; benchmarked alone).
