@@ -47,8 +47,10 @@ def run_demo(*, requests: int = 300, train_requests: int = 4000, workdir: str | 
     console.print(f"[green]✓[/] simulated {train_requests} logged requests")
     with console.status("training classifier + reward model, exporting ONNX bundle") as st:
         bundle = build_bundle(work / "sim-logs", w.router, work / "bundle", step=lambda m: st.update(m))
-    console.print(f"[green]✓[/] bundle {bundle.version}: {bundle.manifest.metrics['classifier']} / "
-                  f"{bundle.manifest.metrics['policy']}")
+    m = bundle.manifest
+    console.print(f"[green]✓[/] bundle {bundle.version}: classifier {m.classifier.kind} (OOD threshold "
+                  f"{m.classifier.ood.threshold:.3f}), policy {m.policy.kind}-{m.policy.variant} "
+                  f"(chosen by held-out DR among {sorted(m.metrics['policy']['variants_dr_value'])})")
     cfg_path = work / "serve.yaml"
     cfg_path.write_text(yaml.safe_dump({
         "host": "127.0.0.1", "port": port or free_port(), "bundle": str(work / "bundle"),
