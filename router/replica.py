@@ -254,26 +254,24 @@ def replica_load(stats: Mapping[str, Any] | None, queue_len: int | None) -> floa
     return float(queue_len or 0)
 
 
-def choose_pow2(loads: Sequence[float], rng: np.random.Generator) -> int:
-    """Power of two choices: two distinct replicas at random, the less loaded wins, ties at random."""
+class _Uniform(Protocol):
+    def random(self) -> float: ...
+
+
+def choose_pow2(loads: Sequence[float], rnd: _Uniform) -> int:
+    """Power of two choices: two distinct replicas at random, the less loaded wins, ties at random.
+
+    ``rnd`` is ``random.Random`` (the simulator: fastest) or ``numpy.random.Generator`` (both have
+    ``random()``).
+    """
     n = len(loads)
     if n == 0:
         raise ValueError("choose_pow2 needs at least one replica")
     if n == 1:
         return 0
-    a, b = (int(i) for i in rng.choice(n, size=2, replace=False))
-    if loads[a] == loads[b]:
-        return a if rng.random() < 0.5 else b
-    return a if loads[a] < loads[b] else b
-
-
-def _pow2(loads: Sequence[float], rnd: random.Random) -> int:
-    n = len(loads)
-    if n == 1:
-        return 0
     a = int(rnd.random() * n)
     b = int(rnd.random() * (n - 1))
-    b += b >= a
+    b += b >= a  # a uniformly drawn second replica, distinct from a
     if loads[a] == loads[b]:
         return a if rnd.random() < 0.5 else b
     return a if loads[a] < loads[b] else b
@@ -335,11 +333,11 @@ class PowerOfTwo:
         self._rnd = random.Random(seed)
 
     def choose(self, stats: Sequence[Mapping[str, Any] | None], request: ReplicaRequest) -> int:
-        return _pow2([replica_load(s, None) for s in stats], self._rnd)
+        return choose_pow2([replica_load(s, None) for s in stats], self._rnd)
 
     def choose_loads(self, loads: Sequence[float]) -> int:
         """``choose`` given ``replica_load`` of each replica (the simulator's fast path)."""
-        return _pow2(loads, self._rnd)
+        return choose_pow2(loads, self._rnd)
 
 
 class LeastLoaded:
@@ -417,7 +415,7 @@ class Learned:
         s = self.scores(stats, request)
         if s is None:
             self.n_fallbacks += 1
-            return _pow2([replica_load(x, None) for x in stats], self._rnd)
+            return choose_pow2([replica_load(x, None) for x in stats], self._rnd)
         return _argmin_random(s.tolist(), self._rnd)
 
     def rank_features(self, x: np.ndarray) -> list[int]:
@@ -438,7 +436,7 @@ class Learned:
             return rank_by_scores(s.tolist(), self._rnd)
         self.n_fallbacks += len(stats) > 1
         loads = [replica_load(x, None if queue_lens is None else queue_lens[i]) for i, x in enumerate(stats)]
-        pick = _pow2(loads, self._rnd) if loads else 0
+        pick = choose_pow2(loads, self._rnd) if loads else 0
         return [pick] + [i for i in rank_by_scores(loads, self._rnd) if i != pick]
 
 

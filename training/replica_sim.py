@@ -300,10 +300,10 @@ def simulate(trace: Trace, n_replicas: int, policy: ReplicaPolicy, *,
     choose_loads = getattr(policy, "choose_loads", None)
     if needs == "load" and choose_loads is None:
         needs = "full"
-    t_wall = time.perf_counter()
-    for i in range(n):
-        t = arrival[i]
-        while heap and heap[0][0] <= t:
+    def run_until(until: float) -> None:
+        """Run every engine step that ends by ``until`` (stale heap entries are skipped by version)."""
+        nonlocal seq
+        while heap and heap[0][0] <= until:
             _, _, r, ver = pop(heap)
             e = engines[r]
             if ver == e.version:
@@ -311,6 +311,11 @@ def simulate(trace: Trace, n_replicas: int, policy: ReplicaPolicy, *,
                 if e.K:
                     seq += 1
                     push(heap, (e.t0 + e.K * e.dt, seq, r, e.version))
+
+    t_wall = time.perf_counter()
+    for i in range(n):
+        t = arrival[i]
+        run_until(t)
         if needs == "load":
             r = choose_loads([e.n_admitted + len(e.waiting) for e in engines])
         elif needs == "full":
@@ -330,14 +335,7 @@ def simulate(trace: Trace, n_replicas: int, policy: ReplicaPolicy, *,
         if e.version != ver and e.K:
             seq += 1
             push(heap, (e.t0 + e.K * e.dt, seq, r, e.version))
-    while heap:
-        _, _, r, ver = pop(heap)
-        e = engines[r]
-        if ver == e.version:
-            e.step_run()
-            if e.K:
-                seq += 1
-                push(heap, (e.t0 + e.K * e.dt, seq, r, e.version))
+    run_until(float("inf"))
     wall = time.perf_counter() - t_wall
     arr = trace.arrival_s
     ttft, e2e = np.array(first) - arr, np.array(done) - arr
