@@ -17,6 +17,12 @@ times one call at a time on one thread, after a warm-up:
                    and featurize parts is accounted for. (decide's NaN guards are now one
                    ``np.isfinite(x.sum())`` per model output, ~1 µs each, so they are no longer timed.)
 
+Then **throughput** (issue 7 target: >= 5,000 decisions/s on one core without the sentence encoder):
+``Router.decide`` one request at a time vs ``Router.decide_batch`` in micro-batches of 8/32/128 (same
+decisions, see tests/unit/test_router_speed.py), over all mixed prompts, in rounds that rotate the
+order of the variants; decisions per CPU-second of this single-threaded process (= one core) and per
+wall second, with the 1-minute load average alongside (the box is shared).
+
 The operations are **interleaved call by call** (rotating order) so that the noise of this shared
 2-core box hits every operation alike; speed claims are the ratios, measured in the same run.
 Prompts come from ``training.prompts.generate_prompt`` via ``generate_requests`` (a seed distinct
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 import tempfile
 import time
@@ -91,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         with console.status(f"timing {len(ops)} operations x {n_mix} interleaved calls (mixed prompts)"):
             mix_ns = _interleaved(ops, mix, n_mix, n_warm)
+        with console.status("throughput: decide vs decide_batch, interleaved rounds"):
+            throughput = _throughput(router, mix, np.random.default_rng(args.seed + 7), n_rounds=3 if args.quick else 5)
         bucket_ops = {k: ops[k] for k in ("clf_onnx", "clf_native", "featurize", "decide")}
         bucket_ns: dict[str, dict[str, np.ndarray]] = {}
         for name, prompts in buckets.items():
@@ -98,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bucket_ns[name] = _interleaved(bucket_ops, prompts, n_bucket, n_warm // 2)
 
     result = _report(mix_ns, bucket_ns, mix, buckets, parity)
+    result["throughput"] = _report_throughput(throughput)
     result.update(
         benchmark="router_latency",
         quick=args.quick,
@@ -215,6 +225,65 @@ def _interleaved(ops: dict[str, Callable[[Prompt], Any]], prompts: list[Prompt],
             fns[o](p)
             out[o, i] = clock() - t0
     return {name: out[j] for j, name in enumerate(names)}
+
+
+BATCH_SIZES = (8, 32, 128)
+TARGET_DECISIONS_PER_S = 5000
+
+
+def _throughput(router: Router, prompts: list[Prompt], rng: np.random.Generator, n_rounds: int) -> dict[str, Any]:
+    """Decisions per second on one thread over all ``prompts``: ``decide`` one at a time, and
+    ``decide_batch`` in micro-batches of each size in ``BATCH_SIZES``. Rounds rotate the order of the
+    variants so background load hits each alike; both wall time and this process's CPU time are kept
+    (CPU time = decisions per core-second, the less noisy number on a shared machine)."""
+    reqs = [p.request for p in prompts]
+    variants: dict[str, Callable[[], None]] = {"decide": lambda: [router.decide(r, now_s=0.0, rng=rng) for r in reqs]}
+    if hasattr(router, "decide_batch"):
+        for b in BATCH_SIZES:
+            variants[f"decide_batch({b})"] = (lambda b=b: [router.decide_batch(reqs[i:i + b], now_s=0.0, rng=rng)
+                                                          for i in range(0, len(reqs), b)])
+    names = list(variants)
+    for name in names:  # warm-up
+        variants[name]()
+    wall = {k: [] for k in names}
+    cpu = {k: [] for k in names}
+    load = [os.getloadavg()[0]]
+    for r in range(n_rounds):
+        for j in range(len(names)):
+            name = names[(r + j) % len(names)]
+            gc.collect()
+            t_cpu, t_wall = time.process_time(), time.perf_counter()
+            variants[name]()
+            cpu[name].append(time.process_time() - t_cpu)
+            wall[name].append(time.perf_counter() - t_wall)
+        load.append(os.getloadavg()[0])
+    return {"n_requests": len(reqs), "n_rounds": n_rounds, "wall_s": wall, "cpu_s": cpu, "loadavg_1m": load,
+            "decide_batch_available": hasattr(router, "decide_batch")}
+
+
+def _report_throughput(t: dict[str, Any]) -> dict[str, Any]:
+    n = t["n_requests"]
+    out: dict[str, Any] = {"n_requests": n, "n_rounds": t["n_rounds"], "loadavg_1m": t["loadavg_1m"],
+                           "target_decisions_per_s": TARGET_DECISIONS_PER_S, "variants": {}}
+    base = float(np.median(t["cpu_s"]["decide"]))
+    rows = []
+    for name in t["wall_s"]:
+        w, c = np.array(t["wall_s"][name]), np.array(t["cpu_s"][name])
+        v = {"per_s_wall_median": n / float(np.median(w)), "per_s_wall_best": n / float(w.min()),
+             "per_s_cpu_median": n / float(np.median(c)), "per_s_cpu_best": n / float(c.min()),
+             "us_per_decision_cpu_median": float(np.median(c)) / n * 1e6,
+             "speedup_vs_decide_cpu": base / float(np.median(c))}
+        v["target_met_cpu_median"] = v["per_s_cpu_median"] >= TARGET_DECISIONS_PER_S
+        out["variants"][name] = v
+        rows.append([name, v["per_s_cpu_median"], v["per_s_cpu_best"], v["per_s_wall_median"], v["us_per_decision_cpu_median"],
+                     v["speedup_vs_decide_cpu"], str(v["target_met_cpu_median"])])
+    table(f"Router throughput on one thread, no Ray, TF-IDF classifier (no sentence encoder): {n:,} mixed prompts, "
+          f"{t['n_rounds']} interleaved rounds",
+          ["variant", "decisions/s (CPU, median)", "best round", "decisions/s (wall, median)", "µs/decision (CPU)",
+           "x decide", f">= {TARGET_DECISIONS_PER_S:,}/s"], rows,
+          caption=f"1-min load average during the rounds: {', '.join(f'{x:.1f}' for x in t['loadavg_1m'])} "
+                  f"(2 CPUs shared; CPU time counts this process only)")
+    return out
 
 
 def _stats(ns: np.ndarray) -> dict[str, float]:

@@ -151,6 +151,13 @@ class CategoryClassifier:
         return cls(make_session(files[info.model_file], threads=threads), info.taxonomy, info, lm, encoder)
 
     @property
+    def row_separable(self) -> bool:
+        """True when ``predict`` of many texts equals ``predict`` of each alone, bit for bit: the TF-IDF
+        graph runs one row per call and the rest is row-wise arithmetic. The sentence encoder pads a
+        batch to its longest text, which can move an embedding in the last bits."""
+        return self.info is None or self.info.kind == "tfidf_linear"
+
+    @property
     def max_chars(self) -> int:
         return self.info.max_chars if self.info is not None else LEGACY_MAX_CHARS
 

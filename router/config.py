@@ -60,11 +60,24 @@ class Exploration(_Frozen):
 
 
 class CacheSettings(_Frozen):
-    """Cache knobs used until a learned cache policy replaces them."""
+    """Cache knobs used until a learned cache policy (``turnout train cache``) replaces them.
+
+    ``load_relax_start`` / ``max_threshold_relax`` / ``max_cutoff_relax`` bound the load-adaptive
+    relaxation (router.cache.LoadAdaptation); ``target_false_hit_rate`` is what ``train cache``
+    fits thresholds for; prompts longer than ``max_prompt_chars`` skip the cache.
+    """
 
     similarity_threshold: float = Field(default=0.9, gt=0, le=1)
     ttl_s: float = Field(default=3600.0, gt=0)
     max_entries_per_partition: int = Field(default=10_000, gt=0)
+    eviction: Literal["fifo", "lru"] = "lru"
+    max_prompt_chars: int = Field(default=4000, gt=0)
+    load_relax_start: float = Field(default=0.8, ge=0)
+    max_threshold_relax: float = Field(default=0.04, ge=0, le=0.5)
+    max_cutoff_relax: float = Field(default=0.15, ge=0, le=0.5)
+    target_false_hit_rate: float = Field(default=0.05, gt=0, lt=1)
+    min_ttl_s: float = Field(default=60.0, gt=0)
+    max_ttl_s: float = Field(default=7 * 86400.0, gt=0)
 
 
 class RouterConfig(_Frozen):

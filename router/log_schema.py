@@ -196,7 +196,7 @@ def write_shard(records: Sequence[LogRecord] | pa.Table, out_dir: str | Path, pr
 def read_logs(path: str | Path, *, validate: bool = True) -> pa.Table:
     """Read every ``*.parquet`` shard under ``path`` (a file or directory) into one table."""
     path = Path(path)
-    files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*.parquet") if not _is_feedback_shard(f))
     if not files:
         raise LogSchemaError(f"no Parquet shards (*.parquet) found under {path}")
     tables = []
@@ -222,3 +222,109 @@ def schema_markdown() -> str:
 
 __all__ = ["FIELDS", "SCHEMA", "LogRecord", "read_logs", "records_to_table", "validate_table", "write_shard",
            "schema_markdown", "dumps_stats"]
+
+
+# --- Late feedback (contract 1) ------------------------------------------------------------------
+# Quality often arrives after the request was logged (a thumbs-up, a grader). It is written as its own
+# ``feedback-*.parquet`` shards next to the decision logs; ``read_logs`` skips them and trainers call
+# ``join_feedback(read_logs(d), read_feedback(d))``.
+
+FEEDBACK_PREFIX = "feedback"
+FEEDBACK_SCHEMA = pa.schema([
+    pa.field("request_id", pa.string(), nullable=False),
+    pa.field("quality", pa.float64(), nullable=False),
+    pa.field("timestamp_s", pa.float64(), nullable=False),
+])
+
+
+def _is_feedback_shard(path: Path) -> bool:
+    return path.name.startswith(f"{FEEDBACK_PREFIX}-")
+
+
+def _feedback_problem(row: Any) -> tuple[str, str] | None:
+    if not isinstance(row, dict):
+        return "row", f"is {type(row).__name__}, expected a dict with request_id, quality, timestamp_s"
+    extra = sorted(set(row) - set(FEEDBACK_SCHEMA.names))
+    if extra:
+        return extra[0], f"is not a feedback field; allowed: {', '.join(FEEDBACK_SCHEMA.names)}"
+    rid = row.get("request_id")
+    if not isinstance(rid, str) or not rid:
+        return "request_id", f"= {rid!r} must be a non-empty string"
+    for name, lo, hi in (("quality", 0.0, 1.0), ("timestamp_s", -math.inf, math.inf)):
+        v = row.get(name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(float(v)) or math.isinf(float(v)):
+            return name, f"= {v!r} must be a finite number"
+        if not (lo <= float(v) <= hi):
+            return name, f"= {v!r} must be in [{lo}, {hi}]"
+    return None
+
+
+def validate_feedback(table: pa.Table, source: str = "feedback") -> pa.Table:
+    """Check a feedback table against ``FEEDBACK_SCHEMA``; return it cast to that schema."""
+    missing = [n for n in FEEDBACK_SCHEMA.names if n not in table.column_names]
+    if missing:
+        raise LogSchemaError(f"{source}: missing feedback field(s) {missing}; expected {FEEDBACK_SCHEMA.names}")
+    table = table.select(FEEDBACK_SCHEMA.names)
+    try:
+        table = table.cast(FEEDBACK_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise LogSchemaError(f"{source}: feedback columns do not cast to {FEEDBACK_SCHEMA}: {e}") from e
+    for i, row in enumerate(table.to_pylist()):
+        problem = _feedback_problem(row)
+        if problem:
+            raise LogSchemaError(f"{source}: row {i}: field '{problem[0]}' {problem[1]}")
+    return table
+
+
+def write_feedback_shard(log_dir: str | Path, rows: list[dict], prefix: str = FEEDBACK_PREFIX) -> Path:
+    """Validate feedback rows and write them as one ``{prefix}-*.parquet`` shard atomically."""
+    if not rows:
+        raise LogSchemaError("feedback: no rows to write")
+    for i, row in enumerate(rows):
+        problem = _feedback_problem(row)
+        if problem:
+            raise LogSchemaError(f"feedback: row {i}: field '{problem[0]}' {problem[1]}")
+    table = pa.Table.from_pylist(
+        [{"request_id": r["request_id"], "quality": float(r["quality"]), "timestamp_s": float(r["timestamp_s"])}
+         for r in rows], schema=FEEDBACK_SCHEMA)
+    return write_shard(table, log_dir, prefix=prefix)
+
+
+def read_feedback(log_dir: str | Path) -> pa.Table:
+    """Every ``feedback-*.parquet`` shard under ``log_dir``; an empty ``FEEDBACK_SCHEMA`` table when none."""
+    path = Path(log_dir)
+    files = sorted(f for f in path.rglob(f"{FEEDBACK_PREFIX}-*.parquet")) if path.is_dir() else []
+    tables = []
+    for f in files:
+        try:
+            t = pq.read_table(f)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise LogSchemaError(f"{f}: not a readable Parquet file: {e}") from e
+        tables.append(validate_feedback(t, source=str(f)))
+    if not tables:
+        return FEEDBACK_SCHEMA.empty_table()
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def join_feedback(logs: pa.Table, feedback: pa.Table) -> pa.Table:
+    """Override ``quality`` with the latest feedback per request_id (max ``timestamp_s``).
+
+    Rows without feedback keep their logged quality; feedback for unknown request ids is ignored.
+    Ties on timestamp keep the row written last. Returns the logs with the same schema and row order.
+    """
+    if feedback.num_rows == 0 or logs.num_rows == 0:
+        return logs
+    import pyarrow.compute as pc
+
+    fb = feedback.select(FEEDBACK_SCHEMA.names).append_column("_order", pa.array(range(feedback.num_rows), pa.int64()))
+    fb = fb.sort_by([("timestamp_s", "ascending"), ("_order", "ascending")])
+    latest = fb.group_by("request_id", use_threads=False).aggregate([("quality", "last")])
+    pos = pc.index_in(logs.column("request_id"), value_set=latest.column("request_id"))
+    idx = logs.schema.get_field_index("quality")
+    field = logs.schema.field(idx)
+    override = pc.take(latest.column("quality_last"), pos).cast(field.type)
+    quality = pc.if_else(pc.is_valid(pos), override, logs.column("quality"))
+    return logs.set_column(idx, field, quality)
+
+
+__all__ += ["FEEDBACK_SCHEMA", "join_feedback", "read_feedback", "validate_feedback", "write_feedback_shard"]

@@ -10,7 +10,7 @@ ingress methods, which Serve rewrites (a string annotation is resolved as a quer
 """
 
 import asyncio
-import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,18 +25,31 @@ from ray.serve.handle import DeploymentHandle
 
 from router.bundle import load_bundle
 from router.decision import Router
+from router.errors import RequestError
 from serving.backends import BackendError, ModelReply, make_backend
-from serving.config import ServeConfig
+from serving.config import ServeConfig, load_serve_config
 from serving.decision_log import DecisionLogWriter
-from serving.gateway import GatewayCore
+from serving.gateway import GatewayCore, error_reply, parse_body
+from serving.metrics import GatewayMetrics
+from serving.overload import OverloadGuard
+from serving.tenants import TenantDirectory
 
 api = FastAPI(title="turnout gateway", description="OpenAI-compatible chat completions with learned routing")
 QUIET_LOGS = {"enable_access_log": False, "log_level": "WARNING"}
+_LOG = logging.getLogger("ray.serve")
 
 
 class AppArgs(BaseModel):
+    """``config`` (a ServeConfig mapping) or ``config_file`` (a turnout serve YAML, for ``serve run``)."""
+
     model_config = ConfigDict(extra="forbid")
-    config: ServeConfig
+    config: ServeConfig | None = None
+    config_file: str | None = None
+
+    def serve_config(self) -> ServeConfig:
+        if (self.config is None) == (self.config_file is None):
+            raise ValueError("pass exactly one of 'config' and 'config_file'")
+        return self.config if self.config is not None else load_serve_config(self.config_file)
 
 
 def _replica_name() -> str:
@@ -46,13 +59,23 @@ def _replica_name() -> str:
 
 # Helpers the deployments call must be defined above them: Serve serialises the classes when
 # they are decorated, capturing only globals that already exist.
-async def _sse(body: dict[str, Any]) -> AsyncIterator[str]:
-    """Skeleton streaming: the finished answer as one OpenAI ``chat.completion.chunk``."""
-    chunk = {"id": body["id"], "object": "chat.completion.chunk", "created": int(time.time()), "model": body["model"],
-             "choices": [{"index": 0, "delta": {"role": "assistant", "content": body["choices"][0]["message"]["content"]},
-                          "finish_reason": "stop"}], "turnout": body["turnout"]}
-    yield f"data: {json.dumps(chunk)}\n\n"
-    yield "data: [DONE]\n\n"
+def _log_reload(reply: Any, source: str) -> None:
+    if reply.status == 200:
+        _LOG.warning("bundle reload (%s): %s", source, reply.body)
+    else:
+        _LOG.warning("bundle reload refused (%s): %s", source, reply.body["error"]["message"])
+
+
+def _as_backend_error(model: str, e: BaseException) -> BackendError:
+    """A model call's failure as a ``BackendError``; a ``BackendError`` raised in the replica arrives
+    wrapped in a ``RayTaskError`` (``.cause`` is the original, its attributes delegate)."""
+    cause = getattr(e, "cause", e)
+    if isinstance(cause, BackendError):
+        return BackendError(str(cause), status=cause.status, retryable=cause.retryable)
+    if isinstance(e, BackPressureError):
+        return BackendError(f"{model} is overloaded: {e}", status=503)
+    # a dead replica (ActorDiedError, RayActorError), an unavailable deployment, a backend bug
+    return BackendError(f"{model}: {type(e).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, logging_config=QUIET_LOGS)
@@ -71,6 +94,7 @@ class ModelServer:
         self.model = model
         self.ongoing = 0
         self.ewma_latency_ms = 0.0
+        self.ewma_ttft_ms = 0.0
         self.engine = None
         if engine is not None:
             from training.engine import SimulatedReplicaSpec
@@ -82,6 +106,35 @@ class ModelServer:
             self.engine = spec.realtime_engine(serve.get_replica_context().rank.rank)
             backend = {**backend, "time_scale": 0.0}  # the engine, not the backend, decides latency
         self.backend = make_backend(model, backend, base_dir)
+        self.counters = {"streams": 0, "streams_cancelled": 0, "streams_completed": 0}
+
+    async def chat_stream(self, body: dict[str, Any], category: str) -> AsyncIterator[Any]:
+        """Text deltas at the backend's pace, then one ``ModelReply``. A cancelled stream (the gateway
+        cancels it when its client disconnects) stops the backend at once and is counted."""
+        stats = self.record_routing_stats(summary=False)
+        self.ongoing += 1
+        self.counters["streams"] += 1
+        try:
+            if self.engine is not None:  # the engine model decides latency: no per-token pacing
+                reply = await self.chat(body, category)
+                yield reply.result.text
+                yield reply
+                return
+            async for item in self.backend.stream(body, category):
+                if isinstance(item, str):
+                    yield item
+                else:
+                    self._record_latency(item)
+                    yield ModelReply(item, _replica_name(), stats)
+            self.counters["streams_completed"] += 1
+        except (asyncio.CancelledError, GeneratorExit):
+            self.counters["streams_cancelled"] += 1
+            raise
+        finally:
+            self.ongoing -= 1
+
+    def stream_counters(self) -> dict[str, int]:
+        return dict(self.counters)
 
     async def chat(self, body: dict[str, Any], category: str) -> ModelReply:
         stats = self.record_routing_stats(summary=False)
@@ -92,8 +145,12 @@ class ModelServer:
                 result = await self._run_on_engine(body, result)
         finally:
             self.ongoing -= 1
-        self.ewma_latency_ms = 0.9 * self.ewma_latency_ms + 0.1 * result.latency_ms
+        self._record_latency(result)
         return ModelReply(result, _replica_name(), stats)
+
+    def _record_latency(self, result: Any) -> None:
+        self.ewma_latency_ms = 0.9 * self.ewma_latency_ms + 0.1 * result.latency_ms
+        self.ewma_ttft_ms = 0.9 * self.ewma_ttft_ms + 0.1 * result.ttft_ms
 
     async def _run_on_engine(self, body: dict[str, Any], result: Any) -> Any:
         import dataclasses
@@ -105,10 +162,10 @@ class ModelServer:
         return dataclasses.replace(result, ttft_ms=1000.0 * ttft_s, latency_ms=1000.0 * e2e_s)
 
     def record_routing_stats(self, summary: bool = True) -> dict[str, Any]:
-        """In-flight count and latency EWMA; with an engine, its ``router.replica.STATS_KEYS`` + ``ts``
+        """In-flight count, latency and TTFT EWMAs (the gateway's overload estimate); with an engine, its ``router.replica.STATS_KEYS`` + ``ts``
         (wall clock of the snapshot) and, when ``summary``, the compact ``prefix_summary`` list."""
         stats: dict[str, Any] = {"num_ongoing": self.ongoing, "ewma_latency_ms": round(self.ewma_latency_ms, 2),
-                                 "ts": time.time()}
+                                 "ewma_ttft_ms": round(self.ewma_ttft_ms, 2), "ts": time.time()}
         if self.engine is not None:
             stats.update({k: v for k, v in self.engine.stats().items() if k != "prefix_summary"})
             if summary:
@@ -119,50 +176,125 @@ class ModelServer:
 @serve.deployment(ray_actor_options={"num_cpus": 0.2}, logging_config=QUIET_LOGS)
 @serve.ingress(api)
 class Gateway:
+    """The ingress: ``serving.gateway.GatewayCore`` behind FastAPI, one ``Router`` per A/B arm."""
+
     def __init__(self, config: dict[str, Any], models: dict[str, DeploymentHandle]) -> None:
         cfg = ServeConfig.model_validate(config)
-        bundle = load_bundle(cfg.path(cfg.bundle))
-        router_cfg = bundle.manifest.router
-        if cfg.epsilon is not None:
-            router_cfg = router_cfg.model_copy(update={"exploration": router_cfg.exploration.model_copy(update={"epsilon": cfg.epsilon})})
         self.cfg = cfg
-        self.log = DecisionLogWriter(cfg.path(cfg.log_dir), prefix=f"decisions-{_replica_name().replace('#', '-')}",
+        arms = [a.model_copy(update={"bundle": str(cfg.path(a.bundle))}) for a in cfg.arms()]
+        routers = {a.name: self._build_router(load_bundle(a.bundle)) for a in arms}
+        self.replica = _replica_name().replace("#", "-")
+        self.log = DecisionLogWriter(cfg.path(cfg.log_dir), prefix=f"decisions-{self.replica}",
                                      flush_rows=cfg.gateway.log_flush_rows, flush_s=cfg.gateway.log_flush_s)
         self.handles = {m: h.options(method_name="chat") for m, h in models.items()}
-        self.core = GatewayCore(Router(bundle, config=router_cfg), self.log, self._call_model,
-                                preference=cfg.preference, seed=cfg.gateway.seed)
-        self._flusher: "asyncio.Task[None] | None" = None
+        self.stream_handles = {m: h.options(method_name="chat_stream", stream=True) for m, h in models.items()}
+        capacity = {m: float(cfg.deployment(m).max_ongoing_requests * cfg.deployment(m).num_replicas) for m in models}
+        tenants = TenantDirectory(cfg.tenants, cfg.default_rate_limit) if cfg.tenants or cfg.default_rate_limit else None
+        self.core = GatewayCore(routers, self.log, self._call_model, stream_model=self._stream_model, arms=arms,
+                                assign_by=cfg.experiment.assign_by if cfg.experiment else "user",
+                                preference=cfg.preference, seed=cfg.gateway.seed, tenants=tenants,
+                                failover=cfg.failover, metrics=GatewayMetrics(), capacity=capacity,
+                                build_router=self._build_router, feedback_dir=cfg.path(cfg.log_dir),
+                                overload=self._overload_guard(cfg, models))
+        self.core.deployed_models = set(models)
+        self._tasks: "list[asyncio.Task[None]]" = []
+
+    @staticmethod
+    def _overload_guard(cfg: ServeConfig, models: "dict[str, DeploymentHandle]") -> "OverloadGuard | None":
+        """``serving.overload`` from ``cfg.overload``; the learned TTFT scorer when replica routing is
+        learned (a scorer that fails to load is logged and the queue estimate is used instead)."""
+        if cfg.overload.action == "off":
+            return None
+        scorer = None
+        rr = cfg.replica_routing
+        if rr.kind == "learned" and rr.model:
+            from router.replica import ReplicaScorer
+
+            try:
+                scorer = ReplicaScorer(cfg.path(rr.model))
+            except Exception as e:  # ArtifactError, FeatureMismatchError: fall back, never fail the gateway
+                _LOG.error("overload control cannot load the replica scorer %s (%s); using the queue estimate",
+                           rr.model, e)
+        return OverloadGuard(cfg.overload, replicas={m: cfg.deployment(m).num_replicas for m in models},
+                             slots={m: cfg.deployment(m).max_ongoing_requests for m in models}, scorer=scorer)
+
+    def _build_router(self, bundle: Any) -> Router:
+        """The one place a Router is built (startup and hot reload)."""
+        router_cfg = bundle.manifest.router
+        if self.cfg.epsilon is not None:
+            router_cfg = router_cfg.model_copy(update={"exploration": router_cfg.exploration.model_copy(
+                update={"epsilon": self.cfg.epsilon})})
+        return Router(bundle, config=router_cfg, cache_store=self.cfg.cache_store)
 
     async def _call_model(self, model: str, body: dict[str, Any], category: str) -> ModelReply:
         try:
             return await asyncio.wait_for(self.handles[model].remote(body, category),
                                           timeout=self.cfg.gateway.request_timeout_s)
-        except BackPressureError as e:
-            raise BackendError(f"{model} is overloaded: {e}", status=503) from e
         except asyncio.TimeoutError as e:
             raise BackendError(f"{model} timed out after {self.cfg.gateway.request_timeout_s}s", status=504) from e
-        except BackendError:
+        except asyncio.CancelledError:
             raise
-        except Exception as e:  # a replica crash or backend bug: a server-side failure, logged with the request
-            raise BackendError(f"{type(e).__name__}: {e}") from e
+        except Exception as e:
+            raise _as_backend_error(model, e) from e
 
-    def _ensure_flusher(self) -> None:
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_periodically())
+    async def _stream_model(self, model: str, body: dict[str, Any], category: str) -> AsyncIterator[Any]:
+        gen = self.stream_handles[model].remote(body, category)
+        try:
+            async for item in gen:
+                yield item
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as e:
+            raise _as_backend_error(model, e) from e
+        finally:
+            gen.cancel()  # the client went away (or we failed over): stop the model's stream too
+
+    # --- background: periodic log flush and the bundle watcher ----------------------------------------
+
+    def _ensure_background(self) -> None:
+        if self._tasks and all(not t.done() for t in self._tasks):
+            return
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._flush_periodically())]
+        if self.cfg.gateway.reload_poll_s:
+            self._tasks.append(loop.create_task(self._watch_bundles()))
 
     async def _flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.gateway.log_flush_s)
             await asyncio.to_thread(self.log.flush_if_due)
 
+    async def _watch_bundles(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.gateway.reload_poll_s or 2.0)
+            try:
+                for reply in await asyncio.to_thread(self.core.poll_bundles):
+                    _log_reload(reply, "watcher")
+            except Exception as e:  # never let the watcher die silently
+                _LOG.warning("bundle watcher error: %s: %s", type(e).__name__, e)
+
+    async def check_health(self) -> None:
+        """Serve calls this periodically: also (re)starts the background tasks without traffic."""
+        self._ensure_background()
+
+    # --- API --------------------------------------------------------------------------------------------
+
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
-        self._ensure_flusher()
-        reply = await self.core.chat(await request.body(),
-                                     preference_header=request.headers.get("x-turnout-preference"))
-        if reply.stream:
-            return StreamingResponse(_sse(reply.body), media_type="text/event-stream")
+        self._ensure_background()
+        reply = await self.core.chat(await request.body(), headers=request.headers)
+        if reply.stream and reply.chunks is not None:
+            return StreamingResponse(reply.chunks, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+
+    @api.post("/v1/feedback")
+    async def feedback(self, request: Request) -> Response:
+        admitted = self.core.admit(request.headers)
+        if not isinstance(admitted, str):
+            return JSONResponse(admitted.body, status_code=admitted.status, headers=admitted.headers)
+        reply = await self.core.feedback(await request.body(), prefix=f"feedback-{self.replica}")
+        return JSONResponse(reply.body, status_code=reply.status)
 
     @api.get("/v1/models")
     async def list_models(self) -> dict[str, Any]:
@@ -170,14 +302,64 @@ class Gateway:
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "bundle_version": self.core.router.version, "buffered_log_records": len(self.log)}
+        self._ensure_background()
+        return {"status": "ok", "bundle_version": self.core.router.version, "buffered_log_records": len(self.log),
+                **self.core.status()}
+
+    @api.get("/metrics")
+    async def metrics(self) -> Response:
+        """This node's Prometheus page (Ray's metrics agent); scrape every node's port for a cluster."""
+        import httpx
+
+        url = f"http://127.0.0.1:{self.cfg.metrics_port}/metrics"
+        try:
+            async with httpx.AsyncClient(timeout=5.0) as client:
+                r = await client.get(url)
+        except httpx.HTTPError as e:
+            return JSONResponse({"error": {"message": f"Ray metrics exporter at {url} unreachable: {e}",
+                                           "type": "unavailable", "param": None, "code": 503}}, status_code=503)
+        return Response(r.content, status_code=r.status_code,
+                        media_type=r.headers.get("content-type", "text/plain; version=0.0.4"))
+
+    @api.post("/admin/reload")
+    async def reload(self, request: Request) -> Response:
+        denied = self.core.admin_allowed(request.headers)
+        if denied is not None:
+            return JSONResponse(denied.body, status_code=denied.status)
+        raw = await request.body()
+        try:
+            body = parse_body(raw) if raw.strip() else {}
+        except RequestError as e:
+            return JSONResponse(error_reply(400, str(e)).body, status_code=400)
+        arm, bundle = body.get("arm"), body.get("bundle")
+        if arm is not None and not isinstance(arm, str):
+            return JSONResponse(error_reply(400, f"'arm' must be a string; got {arm!r}", "arm").body, status_code=400)
+        # every gateway replica loads and swaps (broadcast also reaches this one); each verifies on its own
+        ctx = serve.get_replica_context()
+        handle = serve.get_deployment_handle(ctx.deployment, app_name=ctx.app_name)
+        results = await handle.broadcast("reload_local", arm, bundle).results_async(timeout_s=300)
+        status = max(r["status"] for r in results)
+        body = results[0]["body"] if len(results) == 1 else {"replicas": [r["body"] for r in results]}
+        if len(results) > 1 and status != 200:
+            body["error"] = next(r["body"]["error"] for r in results if r["status"] == status)
+        return JSONResponse(body, status_code=status)
+
+    async def reload_local(self, arm: "str | None", bundle: "str | None") -> dict[str, Any]:
+        """This replica's part of ``POST /admin/reload`` (called on every replica by broadcast)."""
+        reply = await asyncio.to_thread(self.core.reload, arm, bundle)
+        _log_reload(reply, "admin")
+        return {"status": reply.status, "body": reply.body}
 
     @api.post("/admin/flush")
-    async def flush(self) -> dict[str, Any]:
+    async def flush(self, request: Request) -> Response:
+        denied = self.core.admin_allowed(request.headers)
+        if denied is not None:
+            return JSONResponse(denied.body, status_code=denied.status)
         path = await asyncio.to_thread(self.log.flush)
-        return {"flushed": str(path) if path else None, "written_total": self.log.n_written}
+        return JSONResponse({"flushed": str(path) if path else None, "written_total": self.log.n_written})
 
     def __del__(self) -> None:
+        """Graceful shutdown (Serve drains, then deletes the replica): nothing buffered is lost."""
         self.log.close()
 
 
@@ -197,8 +379,15 @@ def replica_router_config(cfg: ServeConfig) -> RequestRouterConfig:
 def build_app(args: AppArgs | dict[str, Any]) -> serve.Application:
     """Typed builder: validates the config and the bundle in the driver before anything deploys."""
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
-    cfg = args.config
+    cfg = args.serve_config()
     bundle = load_bundle(cfg.path(cfg.bundle))
+    for arm in cfg.arms():  # every arm's bundle must load and route to deployed models
+        b = load_bundle(cfg.path(arm.bundle))
+        missing = set(b.manifest.router.model_names) - set(bundle.manifest.router.model_names)
+        if missing:
+            raise ValueError(f"arm {arm.name!r}: bundle routes to {sorted(missing)}, not in the deployed catalogue")
+    if cfg.tenants or cfg.default_rate_limit:
+        TenantDirectory(cfg.tenants, cfg.default_rate_limit)  # fails here, naming a missing key env var
     backend = cfg.backend.model_dump()
     models = {}
     for m in bundle.manifest.router.model_names:
@@ -210,4 +399,5 @@ def build_app(args: AppArgs | dict[str, Any]) -> serve.Application:
         ).bind(m, backend, cfg.base_dir)
     g = cfg.gateway
     return Gateway.options(num_replicas=g.num_replicas, max_ongoing_requests=g.max_ongoing_requests,
-                           ray_actor_options={"num_cpus": g.num_cpus}).bind(cfg.model_dump(), models)
+                           ray_actor_options={"num_cpus": g.num_cpus},
+                           graceful_shutdown_timeout_s=g.graceful_shutdown_timeout_s).bind(cfg.model_dump(), models)

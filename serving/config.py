@@ -12,6 +12,11 @@ from typing import Literal
 from pydantic import Field
 
 from router.config import Preference, _Frozen, load_yaml, validate_config
+from router.cache_store import CacheStoreSettings
+from serving.experiments import Arm, ExperimentConfig
+from serving.overload import OverloadConfig
+from serving.resilience import FailoverConfig, RetryPolicy
+from serving.tenants import RateLimit, TenantConfig
 
 
 class SimulatedBackend(_Frozen):
@@ -30,7 +35,8 @@ class OpenAIBackend(_Frozen):
     base_url: str
     api_key_env: str = "OPENAI_API_KEY"
     upstream_models: dict[str, str] = Field(default_factory=dict, description="turnout model -> upstream model name")
-    timeout_s: float = Field(default=60.0, gt=0)
+    timeout_s: float = Field(default=60.0, gt=0, description="per HTTP attempt (connect, read, write)")
+    retry: RetryPolicy = RetryPolicy()
 
 
 class DeploymentOptions(_Frozen):
@@ -43,10 +49,12 @@ class GatewayOptions(_Frozen):
     num_replicas: int = Field(default=1, ge=1)
     num_cpus: float = Field(default=0.2, ge=0)
     max_ongoing_requests: int = Field(default=128, ge=1)
-    request_timeout_s: float = Field(default=60.0, gt=0)
+    request_timeout_s: float = Field(default=60.0, gt=0, description="one call to one model deployment")
     log_flush_rows: int = Field(default=500, ge=1)
     log_flush_s: float = Field(default=5.0, gt=0)
     seed: int = 0
+    reload_poll_s: float | None = Field(default=2.0, gt=0, description="bundle watcher period; null = off")
+    graceful_shutdown_timeout_s: float = Field(default=20.0, gt=0)
 
 
 class ReplicaRouting(_Frozen):
@@ -78,6 +86,15 @@ class ServeConfig(_Frozen):
     replica_routing: ReplicaRouting = ReplicaRouting()
     preference: Preference | None = None
     epsilon: float | None = Field(default=None, ge=0, le=1)
+    experiment: ExperimentConfig | None = Field(default=None, description="A/B arms; absent = one arm 'default'")
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict, description="no keys anywhere = auth off")
+    default_rate_limit: RateLimit | None = Field(default=None, description="for tenants without their own")
+    failover: FailoverConfig = FailoverConfig()
+    overload: OverloadConfig = Field(default_factory=OverloadConfig,
+                                     description="TTFT-SLO overload control at the gateway (serving.overload)")
+    metrics_port: int = Field(default=9101, ge=1, le=65535, description="Ray's Prometheus export port (per node)")
+    cache_store: CacheStoreSettings = Field(default_factory=CacheStoreSettings,
+                                            description="where cached answers live: memory (default) or a shared redis")
     base_dir: str = Field(default=".", description="set by load_serve_config; relative paths resolve here")
 
     def path(self, value: str) -> Path:
@@ -86,6 +103,10 @@ class ServeConfig(_Frozen):
 
     def deployment(self, model: str) -> DeploymentOptions:
         return self.model_overrides.get(model, self.models)
+
+    def arms(self) -> tuple[Arm, ...]:
+        """The experiment's arms, or one arm ``default`` serving ``bundle`` (contract 4)."""
+        return self.experiment.arms if self.experiment else (Arm(name="default", bundle=self.bundle, weight=1.0),)
 
 
 def load_serve_config(path: str | Path) -> ServeConfig:

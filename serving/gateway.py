@@ -1,31 +1,53 @@
 """The gateway's request handling, free of Ray so it can be tested with fake model callers.
 
-Parse (strict UTF-8, JSON, messages) -> ``Router.decide`` -> cache hit or call the chosen model ->
-log one ``LogRecord`` -> OpenAI-shaped response plus a ``turnout`` block with the decision. Client
-mistakes become 4xx with a message naming the problem; a failing model is a 502/503 that is logged
-with its error, and the gateway keeps serving.
+Authenticate (key -> tenant, rate limit) -> parse (strict UTF-8, JSON, messages) -> A/B arm (sticky
+hash) -> that arm's ``Router.decide`` -> cache hit, or call the chosen model with retries and
+failover down the policy's ranking within a deadline -> log one ``LogRecord`` -> OpenAI-shaped
+response (or SSE stream) plus a ``turnout`` block with the decision. With overload control on
+(``serving.overload``), a model whose every replica is predicted to miss the TTFT SLO gets no new
+request: 429 + Retry-After, or the next model of the ranking. Client mistakes become 4xx
+naming the problem; a failing model is a 502/503/504 that is logged with its error; a client that
+disconnects is logged with ``error="cancelled"``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import json
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from router.bundle import Bundle
 from router.config import Preference
 from router.decision import Decision, Router
-from router.errors import RequestError
+from router.errors import ArtifactError, RequestError
 from router.features import FEATURE_VERSION
 from router.log_schema import LogRecord, dumps_stats
-from router.request import Request, decode_json_object, parse_messages, parse_preference
-from serving.backends import BackendError, ModelReply
+from router.request import Request, decode_json_object, estimate_tokens, parse_messages, parse_preference
+from serving.backends import BackendError, BackendResult, ModelReply
 from serving.decision_log import DecisionLogWriter
+from serving.experiments import Arm, assign_arm, assignment_key
+from serving.metrics import GatewayMetrics, NullMetrics
+from serving.overload import OVERLOAD_POLICY, OverloadGuard
+from serving.reload import BundleWatcher, verify_router
+from serving.resilience import CircuitBreaker, FailoverConfig, failover_order
+from serving.tenants import DEFAULT_TENANT, AuthError, TenantDirectory, retry_after_header
 
 ModelCaller = Callable[[str, dict[str, Any], str], Awaitable[ModelReply]]
+# yields text deltas (str), then exactly one ModelReply
+ModelStreamer = Callable[[str, dict[str, Any], str], AsyncIterator[Any]]
 AUTO_MODELS = ("auto", "turnout", "")
+MAX_REQUEST_ID = 128
+MAX_HEADER_BYTES = 32 * 1024  # all request headers together; more is a 431, not a 5xx or a slow parse
+MAX_BODY_BYTES = 4 * 1024 * 1024  # a chat body larger than this is a 413 before any JSON parsing
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,21 +56,78 @@ class Reply:
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
     stream: bool = False
+    chunks: AsyncIterator[str] | None = None  # SSE lines when ``stream``
 
 
-def error_reply(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> Reply:
-    return Reply(status, {"error": {"message": message, "type": kind, "param": param, "code": status}})
+def error_reply(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+                headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status, {"error": {"message": message, "type": kind, "param": param, "code": status}}, headers or {})
+
+
+@dataclass(slots=True)
+class _Call:
+    """One admitted chat request on its way through the gateway."""
+
+    request: Request
+    decision: Decision
+    arm: str
+    body: dict[str, Any]
+    now: float
+    t0: float
+    logged: LogRecord | None = None
+
+
+def sse(obj: dict[str, Any] | str) -> str:
+    return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n"
 
 
 class GatewayCore:
-    def __init__(self, router: Router, log: DecisionLogWriter, call_model: ModelCaller, *, arm: str = "default",
-                 preference: Preference | None = None, seed: int = 0) -> None:
-        self.router = router
+    def __init__(self, router: Router | Mapping[str, Router], log: DecisionLogWriter, call_model: ModelCaller, *,
+                 stream_model: ModelStreamer | None = None, arms: Sequence[Arm] | None = None,
+                 assign_by: str = "user", arm: str = "default", preference: Preference | None = None, seed: int = 0,
+                 tenants: TenantDirectory | None = None, failover: FailoverConfig | None = None,
+                 metrics: GatewayMetrics | None = None, capacity: Mapping[str, float] | None = None,
+                 build_router: Callable[[Bundle], Router] | None = None, feedback_dir: str | Path | None = None,
+                 overload: OverloadGuard | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.routers: dict[str, Router] = dict(router) if isinstance(router, Mapping) else {arm: router}
+        self.arms = tuple(arms) if arms else tuple(Arm(name=n, bundle=str(r.bundle.path)) for n, r in self.routers.items())
+        if [a.name for a in self.arms] != list(self.routers):
+            raise ValueError(f"arms {[a.name for a in self.arms]} do not match routers {list(self.routers)}")
+        self.assign_by = assign_by
         self.log = log
         self.call_model = call_model
-        self.arm = arm
+        self.stream_model = stream_model
         self.preference = preference
         self.rng = np.random.default_rng(seed)
+        self.tenants = tenants
+        self.failover = failover or FailoverConfig()
+        self.metrics = metrics or NullMetrics()
+        self.capacity = dict(capacity or {})
+        self.build_router = build_router or (lambda b: Router(b))
+        self.feedback_dir = Path(feedback_dir) if feedback_dir else log.out_dir
+        self.clock = clock
+        self.overload = overload
+        self.inflight: Counter[str] = Counter()
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.watchers = {a.name: BundleWatcher(a.bundle) for a in self.arms}
+        self.deployed_models = set(self.router.config.model_names)
+        self._takes_load = "model_load" in inspect.signature(Router.decide).parameters
+
+    # --- arms ------------------------------------------------------------------------------------------
+
+    @property
+    def arm(self) -> str:
+        """The control arm (first)."""
+        return self.arms[0].name
+
+    @property
+    def router(self) -> Router:
+        return self.routers[self.arm]
+
+    def assign(self, tenant: str, user_header: str | None, body_user: object) -> str:
+        if len(self.arms) == 1:
+            return self.arm
+        return assign_arm(assignment_key(self.assign_by, tenant, user_header, body_user), self.arms)
 
     def models(self) -> dict[str, Any]:
         cfg = self.router.config
@@ -56,31 +135,305 @@ class GatewayCore:
         data += [{"id": m.name, "object": "model", "owned_by": "turnout"} for m in cfg.models]
         return {"object": "list", "data": data}
 
-    async def chat(self, raw: bytes, *, tenant: str = "default", preference_header: str | None = None) -> Reply:
+    # --- auth ------------------------------------------------------------------------------------------
+
+    def admit(self, headers: Mapping[str, str]) -> str | Reply:
+        """The tenant of an authenticated, non-rate-limited request, or the 431/401/429 reply."""
+        size = sum(len(k) + len(v) for k, v in headers.items())
+        if size > MAX_HEADER_BYTES:
+            self.metrics.error("bad_request")
+            return error_reply(431, f"request headers are {size} bytes; the limit is {MAX_HEADER_BYTES}")
+        if self.tenants is None:
+            return DEFAULT_TENANT
         try:
+            tenant = self.tenants.authenticate(headers.get("authorization"), headers.get("x-api-key"))
+        except AuthError as e:
+            self.metrics.error("unauthorized")
+            return error_reply(401, str(e), kind="invalid_request_error")
+        wait = self.tenants.retry_after(tenant)
+        if wait > 0:
+            self.metrics.error("rate_limited")
+            return error_reply(429, f"rate limit exceeded for tenant {tenant!r}; retry after {wait:.2f}s",
+                               kind="rate_limit_error", headers={"Retry-After": retry_after_header(wait)})
+        return tenant
+
+    def admin_allowed(self, headers: Mapping[str, str]) -> Reply | None:
+        if self.tenants is None or not self.tenants.keys_required:
+            return None
+        try:
+            tenant = self.tenants.authenticate(headers.get("authorization"), headers.get("x-api-key"))
+        except AuthError as e:
+            return error_reply(401, str(e))
+        return None if self.tenants.is_admin(tenant) else error_reply(403, f"tenant {tenant!r} is not an admin tenant",
+                                                                       kind="permission_error")
+
+    # --- chat ------------------------------------------------------------------------------------------
+
+    async def chat(self, raw: bytes, *, tenant: str | None = None, headers: Mapping[str, str] | None = None,
+                   preference_header: str | None = None) -> Reply:
+        headers = headers or {}
+        if tenant is None:
+            admitted = self.admit(headers)
+            if isinstance(admitted, Reply):
+                return admitted
+            tenant = admitted
+        try:
+            if len(raw) > MAX_BODY_BYTES:
+                raise RequestError(f"request body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}", status=413)
             body = parse_body(raw)
             request, pinned = self._request(body, tenant)
-            if preference_header:
-                request = replace(request, preference=parse_preference(preference_header))
+            pref = preference_header or headers.get("x-turnout-preference")
+            if pref:
+                request = replace(request, preference=parse_preference(pref))
         except RequestError as e:
+            self.metrics.error("bad_request")
             return error_reply(e.status, str(e), e.field)
-        now = time.time()
-        t0 = time.perf_counter()
-        decision = self.router.decide(request, now_s=now, rng=self.rng,
-                                      preference=request.preference or self.preference)
-        if pinned:
-            decision = pin(decision, pinned)
-        if decision.cache_hit is not None:
-            return self._answer(request, decision, decision.cache_hit.answer, None, now, t0, body)
+        arm = self.assign(tenant, headers.get("x-turnout-user"), body.get("user"))
+        call = _Call(request, self._decide(arm, request, pinned), arm, body, time.time(), time.perf_counter())
+        d = call.decision
+        self.metrics.decision(model=d.model, category=d.category, arm=arm, policy=d.policy, tier=d.cache_tier,
+                              hit=d.cache_hit is not None, decision_ms=d.decision_ms)
+        if d.cache_hit is None and self.overload is not None and self.overload.enabled:
+            refused = self._shed_overload(call, pinned is not None)
+            if refused is not None:
+                return refused
+            d = call.decision
+        if body.get("stream") is True:
+            return Reply(200, {}, stream=True, chunks=self._stream(call))
+        if d.cache_hit is not None:
+            return self._answer(call, d.cache_hit.answer, None, d.model)
         try:
-            reply = await self.call_model(decision.model, body, decision.category)
+            reply, served = await self._call_with_failover(call)
         except BackendError as e:
-            self._log(request, decision, now, t0, None, error=str(e))
-            return error_reply(e.status, f"model {decision.model!r} failed: {e}", kind="upstream_error")
-        self.router.remember(request, decision, reply.result.text, now)
-        if reply.result.quality is not None:
-            self.router.observe(decision, reply.result.quality)
-        return self._answer(request, decision, reply.result.text, reply, now, t0, body)
+            self._log(call, None, d.model, error=str(e))
+            self.metrics.error("upstream", d.model)
+            return error_reply(e.status, f"model {d.model!r} failed: {e}", kind="upstream_error")
+        except asyncio.CancelledError:
+            self._log(call, None, d.model, error="cancelled")
+            self.metrics.error("cancelled", d.model)
+            raise
+        self._learn(call, reply, served)
+        return self._answer(call, reply.result.text, reply, served)
+
+    def _decide(self, arm: str, request: Request, pinned: str | None) -> Decision:
+        router = self.routers[arm]
+        kwargs: dict[str, Any] = {}
+        if self._takes_load and self.capacity:
+            kwargs["model_load"] = self.model_load()
+        decision = router.decide(request, now_s=time.time(), rng=self.rng,
+                                 preference=request.preference or self.preference, **kwargs)
+        return pin(decision, pinned) if pinned else decision
+
+    def _shed_overload(self, call: _Call, pinned: bool) -> Reply | None:
+        """Overload control (``serving.overload``): ``None`` to go ahead (``call.decision`` possibly moved
+        to the next model of the ranking, logged as policy ``overload``, propensity 1), or the logged 429."""
+        from router.replica import request_from_body
+
+        guard = self.overload
+        assert guard is not None
+        d = call.decision
+        request = request_from_body(call.body)
+        first = guard.verdict(d.model, request)
+        if not first.overloaded:
+            return None
+        tried = [first]
+        if guard.config.action == "next_model" and not pinned:
+            order = failover_order(d, self.failover.max_models)
+            for model in order[1:]:
+                v = guard.verdict(model, request)
+                if not v.overloaded:
+                    rest = [m for m in order if m != model]
+                    call.decision = replace(d, model=model, candidates=(model, *rest),
+                                            action_probs=(1.0,) + (0.0,) * len(rest), propensity=1.0,
+                                            policy=OVERLOAD_POLICY, cache_hit=None)
+                    self.metrics.failover(d.model, model)
+                    return None
+                tried.append(v)
+        wait = min(v.retry_after_s for v in tried)
+        detail = ", ".join(f"{v.model} ~{v.predicted_ttft_ms:.0f} ms" for v in tried)
+        message = (f"overloaded: every replica is predicted to exceed the {guard.config.slo_ttft_ms:.0f} ms TTFT SLO "
+                   f"({detail}); retry after {wait}s")
+        self._log(call, None, d.model, error=message)
+        self.metrics.error("overloaded", d.model)
+        return error_reply(429, message, kind="overloaded_error", headers={"Retry-After": str(wait)})
+
+    def _observe(self, model: str, reply: ModelReply) -> None:
+        if self.overload is not None:
+            self.overload.observe(model, reply.replica, reply.replica_stats)
+
+    def model_load(self) -> dict[str, float]:
+        """This gateway's in-flight requests per model / the model deployment's capacity (contract 2)."""
+        return {m: self.inflight[m] / cap for m, cap in self.capacity.items() if cap > 0}
+
+    def _learn(self, call: _Call, reply: ModelReply, served: str) -> None:
+        router = self.routers.get(call.arm)
+        if router is None or router.version != call.decision.bundle_version:
+            return  # the arm was reloaded meanwhile; do not teach the new router about the old decision
+        if served == call.decision.model:
+            router.remember(call.request, call.decision, reply.result.text, call.now)
+            if reply.result.quality is not None:
+                router.observe(call.decision, reply.result.quality)
+
+    def _breaker(self, model: str) -> CircuitBreaker:
+        if model not in self.breakers:
+            self.breakers[model] = CircuitBreaker(self.failover.breaker, self.clock)
+        return self.breakers[model]
+
+    async def _call_with_failover(self, call: _Call) -> tuple[ModelReply, str]:
+        deadline = self.clock() + self.failover.deadline_s
+        errors: list[str] = []
+        last_status = 503  # every circuit open
+        d = call.decision
+        for model in failover_order(d, self.failover.max_models):
+            breaker = self._breaker(model)
+            if not breaker.allow():
+                errors.append(f"{model}: circuit open")
+                continue
+            for _ in range(self.failover.attempts_per_model):
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    raise BackendError(_joined(errors + [f"deadline of {self.failover.deadline_s}s exceeded"]), status=504)
+                self.inflight[model] += 1
+                try:
+                    reply = await asyncio.wait_for(self.call_model(model, call.body, d.category), remaining)
+                except TimeoutError:
+                    err = BackendError(f"{model} did not answer within the {self.failover.deadline_s}s deadline", status=504)
+                except BackendError as e:
+                    err = e
+                else:
+                    breaker.record_success()
+                    self._observe(model, reply)
+                    if model != d.model:
+                        self.metrics.failover(d.model, model)
+                    return reply, model
+                finally:
+                    self.inflight[model] -= 1
+                errors.append(f"{model}: {err}")
+                last_status = err.status
+                if not err.retryable:
+                    raise BackendError(_joined(errors), status=err.status, retryable=False)
+                breaker.record_failure()
+                if breaker.state != "closed":
+                    break
+        raise BackendError(_joined(errors) or "no model available", status=last_status)
+
+    # --- streaming -------------------------------------------------------------------------------------
+
+    def _streamer(self) -> ModelStreamer:
+        """The streaming caller; without one (plain test callers) the whole answer is one delta."""
+        if self.stream_model is not None:
+            return self.stream_model
+
+        async def whole(model: str, body: dict[str, Any], category: str) -> AsyncIterator[Any]:
+            reply = await self.call_model(model, body, category)
+            yield reply.result.text
+            yield reply
+
+        return whole
+
+    async def _stream(self, call: _Call) -> AsyncIterator[str]:
+        d = call.decision
+        cid = f"chatcmpl-{call.request.request_id}"
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+            return sse({"id": cid, "object": "chat.completion.chunk", "created": int(call.now), "model": d.model,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
+
+        reply: ModelReply | None = None
+        served = d.model
+        error: str | None = None
+        try:
+            yield chunk({"role": "assistant", "content": ""}, turnout=self._turnout(call, None, None, d.model))
+            if d.cache_hit is not None:
+                text = d.cache_hit.answer
+                yield chunk({"content": text})
+            else:
+                parts: list[str] = []
+                try:
+                    async for model, item in self._stream_with_failover(call):
+                        served = model
+                        if isinstance(item, ModelReply):
+                            reply = item
+                            self._observe(model, item)
+                        else:
+                            parts.append(str(item))
+                            yield chunk({"content": str(item)})
+                except BackendError as e:
+                    error = str(e)
+                    self.metrics.error("upstream", served)
+                    yield sse({"error": {"message": f"model {served!r} failed: {e}", "type": "upstream_error",
+                                         "param": None, "code": e.status}})
+                    yield sse("[DONE]")
+                    return
+                text = "".join(parts)  # what the client received is what gets cached
+                if reply is None:
+                    reply = ModelReply(BackendResult(text, estimate_tokens(text), 0.0, 0.0), "unknown", {})
+                elif reply.result.text != text:
+                    reply = replace(reply, result=replace(reply.result, text=text))
+                self._learn(call, reply, served)
+            record = self._log(call, reply, served)
+            out = record.output_tokens or 0
+            yield chunk({}, "stop", usage={"prompt_tokens": call.request.input_tokens, "completion_tokens": out,
+                                           "total_tokens": call.request.input_tokens + out},
+                        turnout=self._turnout(call, record, reply, served))
+            yield sse("[DONE]")
+        except (asyncio.CancelledError, GeneratorExit):
+            error = "cancelled"
+            self.metrics.error("cancelled", served)
+            raise
+        finally:
+            if call.logged is None:
+                self._log(call, None, served, error=error or "stream ended early")
+
+    async def _stream_with_failover(self, call: _Call) -> AsyncIterator[tuple[str, Any]]:
+        """(model, item) pairs; a model is abandoned for the next one only before its first item."""
+        streamer = self._streamer()
+        deadline = self.clock() + self.failover.deadline_s
+        errors: list[str] = []
+        last_status = 503  # every circuit open
+        d = call.decision
+        for model in failover_order(d, self.failover.max_models):
+            breaker = self._breaker(model)
+            if not breaker.allow():
+                errors.append(f"{model}: circuit open")
+                continue
+            for _ in range(self.failover.attempts_per_model):
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    raise BackendError(_joined(errors + [f"deadline of {self.failover.deadline_s}s exceeded"]), status=504)
+                agen = streamer(model, call.body, d.category)
+                self.inflight[model] += 1
+                try:
+                    try:
+                        first = await asyncio.wait_for(agen.__anext__(), remaining)
+                    except TimeoutError:
+                        err = BackendError(f"{model} sent nothing within the {self.failover.deadline_s}s deadline",
+                                           status=504)
+                    except StopAsyncIteration:
+                        err = BackendError(f"{model} sent an empty stream")
+                    except BackendError as e:
+                        err = e
+                    else:
+                        breaker.record_success()
+                        if model != d.model:
+                            self.metrics.failover(d.model, model)
+                        yield model, first
+                        async for item in agen:
+                            yield model, item
+                        return
+                finally:
+                    self.inflight[model] -= 1
+                    await agen.aclose()
+                errors.append(f"{model}: {err}")
+                last_status = err.status
+                if not err.retryable:
+                    raise BackendError(_joined(errors), status=err.status, retryable=False)
+                breaker.record_failure()
+                if breaker.state != "closed":
+                    break
+        raise BackendError(_joined(errors) or "no model available", status=last_status)
+
+    # --- request parsing, answers, log -----------------------------------------------------------------
 
     def _request(self, body: dict[str, Any], tenant: str) -> tuple[Request, str | None]:
         messages = parse_messages(body, max_prompt_chars=self.router.config.max_prompt_chars)
@@ -93,57 +446,149 @@ class GatewayCore:
         if not isinstance(body.get("stream", False), bool):
             raise RequestError(f"'stream' must be true or false; got {body['stream']!r}", field="stream")
         user = body.get("user", "")
+        if not isinstance(user, str):
+            raise RequestError(f"'user' must be a string; got {type(user).__name__}", field="user")
         max_tokens = body.get("max_tokens")
         if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
             raise RequestError(f"'max_tokens' must be a positive integer; got {max_tokens!r}", field="max_tokens")
-        return (Request(messages=messages, tenant=tenant, user_id=str(user), max_tokens=max_tokens),
+        return (Request(messages=messages, tenant=tenant, user_id=user, max_tokens=max_tokens),
                 None if model in AUTO_MODELS else model)
 
-    def _answer(self, request: Request, decision: Decision, text: str, reply: ModelReply | None, now: float,
-                t0: float, body: dict[str, Any]) -> Reply:
-        record = self._log(request, decision, now, t0, reply)
+    def _turnout(self, call: _Call, record: LogRecord | None, reply: ModelReply | None, served: str) -> dict[str, Any]:
+        d = call.decision
+        failover = served != d.model
+        return {
+            "request_id": call.request.request_id, "category": d.category, "confidence": d.confidence,
+            "ood": d.ood, "fallback": d.fallback, "cache_tier": d.cache_tier, "cache_hit": d.cache_hit is not None,
+            "model": served, "replica": record.replica if record else None,
+            "propensity": 1.0 if failover else d.propensity, "policy": "failover" if failover else d.policy,
+            "bundle_version": d.bundle_version, "arm": call.arm, "tenant": call.request.tenant,
+            "cost_usd": record.cost_usd if record else None, "latency_ms": record.latency_ms if record else None,
+            "decision_ms": d.decision_ms, "simulated": bool(reply and reply.result.simulated),
+            "failover_from": d.model if failover else None,
+        }
+
+    def _answer(self, call: _Call, text: str, reply: ModelReply | None, served: str) -> Reply:
+        record = self._log(call, reply, served)
         out_tokens = record.output_tokens or 0
-        return Reply(200, stream=body.get("stream") is True, body={
-            "id": f"chatcmpl-{request.request_id}",
+        r = call.request
+        return Reply(200, body={
+            "id": f"chatcmpl-{r.request_id}",
             "object": "chat.completion",
-            "created": int(now),
-            "model": decision.model,
+            "created": int(call.now),
+            "model": served,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": request.input_tokens, "completion_tokens": out_tokens,
-                      "total_tokens": request.input_tokens + out_tokens},
-            "turnout": {
-                "request_id": request.request_id, "category": decision.category, "confidence": decision.confidence,
-                "ood": decision.ood, "fallback": decision.fallback, "cache_tier": decision.cache_tier,
-                "cache_hit": decision.cache_hit is not None, "model": decision.model,
-                "replica": record.replica, "propensity": decision.propensity, "policy": decision.policy,
-                "bundle_version": decision.bundle_version, "arm": self.arm, "cost_usd": record.cost_usd,
-                "latency_ms": record.latency_ms, "decision_ms": decision.decision_ms,
-                "simulated": bool(reply and reply.result.simulated),
-            },
+            "usage": {"prompt_tokens": r.input_tokens, "completion_tokens": out_tokens,
+                      "total_tokens": r.input_tokens + out_tokens},
+            "turnout": self._turnout(call, record, reply, served),
         })
 
-    def _log(self, request: Request, decision: Decision, now: float, t0: float, reply: ModelReply | None,
-             error: str | None = None) -> LogRecord:
+    def _log(self, call: _Call, reply: ModelReply | None, served: str, error: str | None = None) -> LogRecord:
+        request, decision = call.request, call.decision
         hit = decision.cache_hit is not None
         res = reply.result if reply else None
-        spec = self.router.config.model(decision.model)
-        cost = 0.0 if hit else (spec.cost_usd(request.input_tokens, res.output_tokens) if res else None)
+        router = self.routers.get(call.arm, self.router)
+        spec = router.config.model(served) if served in router.config.model_names else None
+        cost = 0.0 if hit else (spec.cost_usd(request.input_tokens, res.output_tokens) if res and spec else None)
+        forced = served != decision.model  # failover: the served model was not the policy's draw
+        latency_ms = (time.perf_counter() - call.t0) * 1000.0 if (res or hit) and error is None else None
         record = LogRecord(
-            request_id=request.request_id, timestamp_s=now, tenant=request.tenant, arm=self.arm,
+            request_id=request.request_id, timestamp_s=call.now, tenant=request.tenant, arm=call.arm,
             bundle_version=decision.bundle_version, feature_version=FEATURE_VERSION, prompt=request.prompt,
             n_turns=request.n_turns, input_tokens=request.input_tokens, features=decision.features,
             category=decision.category, category_probs=decision.category_probs, confidence=decision.confidence,
-            fallback=decision.fallback, cache_tier=decision.cache_tier, cache_hit=hit, model=decision.model,
-            candidates=decision.candidates, action_probs=decision.action_probs, propensity=decision.propensity,
-            policy=decision.policy, replica=reply.replica if reply else None,
+            fallback=decision.fallback, cache_tier=decision.cache_tier, cache_hit=hit, model=served,
+            candidates=(served,) if forced else decision.candidates,
+            action_probs=(1.0,) if forced else decision.action_probs,
+            propensity=1.0 if forced else decision.propensity,
+            policy="failover" if forced else decision.policy, replica=reply.replica if reply else None,
             replica_stats=dumps_stats(reply.replica_stats) if reply else None,
-            ttft_ms=res.ttft_ms if res else None,
-            latency_ms=(time.perf_counter() - t0) * 1000.0 if (res or hit) else None,
+            ttft_ms=res.ttft_ms if res else None, latency_ms=latency_ms,
             output_tokens=res.output_tokens if res else (0 if hit else None), cost_usd=cost, error=error,
-            quality=res.quality if res else None,
+            quality=res.quality if res and error is None else None,
         )
+        call.logged = record
         self.log.append(record)
+        if error is None and latency_ms is not None:
+            self.metrics.completed(model=served, arm=call.arm, latency_ms=latency_ms)
         return record
+
+    # --- feedback --------------------------------------------------------------------------------------
+
+    async def feedback(self, raw: bytes, *, prefix: str = "feedback") -> Reply:
+        """``{"request_id": str, "quality": number in [0, 1]}`` -> one feedback shard (contract 1)."""
+        try:
+            body = parse_body(raw)
+            row = parse_feedback(body)
+        except RequestError as e:
+            self.metrics.error("bad_request")
+            return error_reply(e.status, str(e), e.field)
+        from router.log_schema import write_feedback_shard
+
+        path = await asyncio.to_thread(write_feedback_shard, self.feedback_dir, [row], prefix)
+        return Reply(200, {"object": "feedback", "request_id": row["request_id"], "quality": row["quality"],
+                           "shard": path.name})
+
+    # --- hot reload ------------------------------------------------------------------------------------
+
+    def reload(self, arm: str | None = None, bundle: str | None = None) -> Reply:
+        """Load + verify ``bundle`` (default: the arm's current directory) and swap it in atomically.
+        Blocking (ONNX sessions are built): call it from a worker thread."""
+        arm = arm or self.arm
+        if arm not in self.routers:
+            return error_reply(404, f"unknown arm {arm!r}; arms: {', '.join(self.routers)}", "arm")
+        if bundle is not None and (not isinstance(bundle, str) or not bundle):
+            return error_reply(400, "'bundle' must be a non-empty path string", "bundle")
+        path = bundle or next(a.bundle for a in self.arms if a.name == arm)
+        old = self.routers[arm].version
+        try:
+            router = verify_router(path, self.deployed_models, self.build_router)
+        except ArtifactError as e:
+            self.metrics.reload(arm, "refused")
+            return error_reply(409, f"bundle refused, arm {arm!r} keeps serving {old!r}: {e}", "bundle",
+                               kind="bundle_error")
+        self.routers[arm] = router  # atomic: in-flight requests finish on the old router
+        if bundle is not None:
+            self.arms = tuple(replace_arm(a, path) if a.name == arm else a for a in self.arms)
+            self.watchers[arm] = BundleWatcher(path)
+        self.metrics.reload(arm, "loaded")
+        return Reply(200, {"arm": arm, "bundle": str(path), "previous_version": old, "bundle_version": router.version})
+
+    def poll_bundles(self) -> list[Reply]:
+        """The watcher: reload every arm whose bundle manifest changed since the last look."""
+        return [self.reload(name) for name, w in list(self.watchers.items()) if w.changed()]
+
+    def status(self) -> dict[str, Any]:
+        return {"arms": [{"name": a.name, "weight": a.weight, "bundle": a.bundle,
+                          "bundle_version": self.routers[a.name].version} for a in self.arms],
+                "breakers": {m: b.state for m, b in self.breakers.items()},
+                "inflight": {m: n for m, n in self.inflight.items() if n}}
+
+
+def replace_arm(arm: Arm, bundle: str) -> Arm:
+    return arm.model_copy(update={"bundle": bundle})
+
+
+def _joined(errors: list[str]) -> str:
+    return "; ".join(errors)
+
+
+def parse_feedback(body: dict[str, Any]) -> dict[str, Any]:
+    rid = body.get("request_id")
+    if rid is None:
+        raise RequestError("missing required field 'request_id'", field="request_id")
+    if not isinstance(rid, str) or not rid.strip() or len(rid) > MAX_REQUEST_ID:
+        raise RequestError(f"'request_id' must be a non-empty string of at most {MAX_REQUEST_ID} characters; "
+                           f"got {rid!r}"[:300], field="request_id")
+    q = body.get("quality")
+    if q is None:
+        raise RequestError("missing required field 'quality'", field="quality")
+    if isinstance(q, bool) or not isinstance(q, int | float) or not math.isfinite(q) or not 0.0 <= q <= 1.0:
+        raise RequestError(f"'quality' must be a number in [0, 1]; got {q!r}", field="quality")
+    extra = sorted(set(body) - {"request_id", "quality"})
+    if extra:
+        raise RequestError(f"unknown field(s) {extra}; feedback takes 'request_id' and 'quality'", field=extra[0])
+    return {"request_id": rid, "quality": float(q), "timestamp_s": time.time()}
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:

@@ -69,8 +69,13 @@ def load_requests(path: str | Path, limit: int | None = None) -> list[dict[str, 
 
 
 async def replay(url: str, bodies: Sequence[dict[str, Any]], *, concurrency: int = 8, timeout_s: float = 60.0,
-                 progress: bool = True) -> ReplayResult:
+                 progress: bool = True, api_key: str | None = None) -> ReplayResult:
+    """``api_key`` (default: env ``TURNOUT_API_KEY``) is sent as a Bearer token when set."""
+    import os
+
     result = ReplayResult()
+    api_key = api_key if api_key is not None else os.environ.get("TURNOUT_API_KEY", "")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for b in bodies:
         queue.put_nowait(b)
@@ -96,7 +101,7 @@ async def replay(url: str, bodies: Sequence[dict[str, Any]], *, concurrency: int
 
     t_start = time.perf_counter()
     with bar:
-        async with httpx.AsyncClient(base_url=url, timeout=timeout_s) as client:
+        async with httpx.AsyncClient(base_url=url, timeout=timeout_s, headers=headers) as client:
             await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     result.wall_s = time.perf_counter() - t_start
     return result

@@ -4,6 +4,7 @@ absent (CI always has it) and skip elsewhere."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,25 @@ def bundle(world, sim_logs: Path, tmp_path_factory: pytest.TempPathFactory):  # 
     from training.bundle_builder import build_bundle
 
     return build_bundle(sim_logs, world.router, tmp_path_factory.mktemp("bundles") / "b1", bundle_version="test-1")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis: ``TURNOUT_REDIS_URL`` if set, else a ``redis-server`` spawned for the session
+    (no persistence, temp dir, free port) and stopped afterwards. Missing binary: skip, fail in CI."""
+    url = os.environ.get("TURNOUT_REDIS_URL")
+    if url:
+        yield url
+        return
+    from serving.redis_server import RedisUnavailable, spawn_redis
+
+    try:
+        server = spawn_redis()
+    except RedisUnavailable as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI=true but no Redis: {e}")
+        pytest.skip(str(e))
+    try:
+        yield server.url
+    finally:
+        server.stop()

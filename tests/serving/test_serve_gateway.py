@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from router.log_schema import read_logs
+from tests.serving.helpers import auth
 
 pytestmark = pytest.mark.serve
 
@@ -20,7 +21,7 @@ PROMPTS = ["write a python function that merges two sorted lists",
 
 def _chat(url: str, content: str, **extra: object) -> httpx.Response:
     body = {"messages": [{"role": "user", "content": content}], **extra}
-    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30.0)
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=auth(), timeout=30.0)
 
 
 def _wait_for_ids(log_dir, ids: set[str], timeout_s: float = 20.0):  # type: ignore[no-untyped-def]
@@ -60,7 +61,7 @@ def test_bad_input_gets_4xx_and_the_server_keeps_serving(serve_app) -> None:  # 
            (b'{"messages": [{"role": "user", "content": "' + b"a" * 40_000 + b'"}]}', 413, "limit is 32000"),
            (b'{"messages": [{"role": "user", "content": "hi"}], "model": "gpt-9"}', 404, "unknown model 'gpt-9'")]
     for body, status, message in bad:
-        r = httpx.post(f"{url}/v1/chat/completions", content=body, timeout=30.0)
+        r = httpx.post(f"{url}/v1/chat/completions", content=body, headers=auth(), timeout=30.0)
         assert r.status_code == status, r.text
         assert message in r.json()["error"]["message"]
     assert _chat(url, "hello again").status_code == 200

@@ -1,0 +1,354 @@
+"""What the routing gateway costs on top of a passthrough, end to end over HTTP on one Ray cluster.
+
+Two Serve apps run side by side in **one** Ray cluster and receive the same load (``--requests``
+chat requests per app, ``--concurrency`` clients, non-streaming):
+
+* ``gateway``      the full turnout app (``serving.launcher.start`` -> ``serving.app.build_app``, a bundle
+                   trained from the simulator): classify, cache, policy, decision log, then the model
+                   deployment;
+* ``passthrough``  ``serving.passthrough``: a minimal FastAPI ingress that calls the **same** model
+                   deployments (the same replicas, via ``serve.get_deployment_handle``) with no
+                   routing decision; models are cycled per request.
+
+Backends are the SIMULATED engine with (almost) zero think time: ``time_scale`` is the smallest the
+config allows, so a multi-second simulated answer sleeps microseconds and what is measured is the
+serving path itself. Both apps are driven **alternately in rounds** (G,P then P,G, ...) after a warm-up
+so the noise of the shared 2-core machine hits both alike; the per-round ratios show that noise.
+Targets (issue 7): added p50 <= 1 ms, gateway throughput >= 90% of passthrough.
+
+``--profile S`` additionally samples the gateway replica with py-spy during S seconds of gateway-only
+load and prints where its time goes (top functions by own samples, and the decision's share).
+
+    python benchmarks/serve_overhead.py [--quick] [--profile 10]  ->  benchmarks/results/serve_overhead[_quick].{json,png}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import CONFIGS, console, environment, result_path, table, write_json  # noqa: E402
+
+PASSTHROUGH_APP, PASSTHROUGH_PREFIX = "passthrough", "/passthrough"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=2000, help="measured requests per app")
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=8, help="alternating rounds the requests are split into")
+    ap.add_argument("--warmup", type=int, default=200, help="unmeasured requests per app first")
+    ap.add_argument("--train-requests", type=int, default=2000, help="simulated logs the bundle is trained on")
+    ap.add_argument("--profile", type=float, default=0.0, help="py-spy the gateway replica for S seconds of load")
+    ap.add_argument("--quick", action="store_true", help="400 requests, 4 rounds, 50 warm-up (smoke run)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.requests, args.rounds, args.warmup = 400, 4, 50
+    t_start = time.perf_counter()
+
+    from ray import serve
+
+    from serving import launcher
+    from serving.passthrough import build_passthrough
+    from training.world import generate_requests, load_world
+
+    world = load_world(CONFIGS / "world.yaml")
+    work = Path(tempfile.mkdtemp(prefix="turnout-overhead-"))
+    ray_tmp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+    cfg = _config(work, args.train_requests)
+    try:
+        with console.status(f"building a bundle from {args.train_requests} simulated requests"):
+            launcher.ensure_bundle(cfg, step=lambda _: None)
+        with console.status("starting Ray + the turnout app"):
+            url = launcher.start(cfg, temp_dir=ray_tmp)
+        models = list(world.router.model_names)
+        serve.run(build_passthrough(launcher.APP_NAME, models, world.router.taxonomy[0]), name=PASSTHROUGH_APP,
+                  route_prefix=PASSTHROUGH_PREFIX, blocking=False)
+        launcher.wait_healthy(url + PASSTHROUGH_PREFIX)
+
+        n_prompts = args.warmup + args.requests
+        prompts = [r.prompt for r in generate_requests(world, n_prompts, seed=args.seed + 4242)]
+        # a unique tag per request: the cache never answers, so every gateway request reaches a model; the
+        # true category tells the simulated backend what to simulate, the same for both apps
+        bodies = [{"model": "auto", "messages": [{"role": "user", "content": f"{p.text} [#{i}]"}],
+                   "metadata": {"sim_category": p.category}} for i, p in enumerate(prompts)]
+        pbodies = [{**b, "model": models[i % len(models)]} for i, b in enumerate(bodies)]
+        targets = {"gateway": f"{url}/v1/chat/completions", "passthrough": f"{url}{PASSTHROUGH_PREFIX}/v1/chat/completions"}
+
+        with console.status(f"warm-up: {args.warmup} requests per app"):
+            for name, bs in (("gateway", bodies), ("passthrough", pbodies)):
+                asyncio.run(_load(targets[name], bs[: args.warmup], args.concurrency))
+        runs: dict[str, list[dict[str, Any]]] = {"gateway": [], "passthrough": []}
+        blocks = np.array_split(np.arange(args.warmup, n_prompts), args.rounds)
+        with console.status(f"{args.rounds} alternating rounds x {args.requests // args.rounds} requests per app"):
+            for r, idx in enumerate(blocks):
+                order = ("gateway", "passthrough") if r % 2 == 0 else ("passthrough", "gateway")
+                for name in order:
+                    bs = bodies if name == "gateway" else pbodies
+                    runs[name].append(asyncio.run(_load(targets[name], [bs[i] for i in idx], args.concurrency)))
+        profile = _profile(targets["gateway"], bodies, args) if args.profile > 0 else None
+    finally:
+        launcher.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    result = _report(runs, args)
+    result.update(benchmark="serve_overhead", quick=args.quick, profile=profile,
+                  settings={"requests_per_app": args.requests, "concurrency": args.concurrency, "rounds": args.rounds,
+                            "warmup_per_app": args.warmup, "train_requests": args.train_requests, "stream": False,
+                            "backend": cfg.backend.model_dump(), "models": models,
+                            "gateway": cfg.gateway.model_dump(), "deployments": cfg.models.model_dump(),
+                            "passthrough_models": "cycled per request over the catalogue",
+                            "cache": "every prompt carries a unique tag, so no cache hits"},
+                  environment=environment(), wall_s=round(time.perf_counter() - t_start, 1))
+    result["plot"] = _plot(runs, args.quick)
+    path = write_json("serve_overhead", result, quick=args.quick)
+    console.print(f"wrote {path} in {result['wall_s']} s")
+    return 0
+
+
+def _config(work: Path, train_requests: int) -> Any:
+    """The benchmark's ServeConfig: a fresh bundle dir, simulated backends with the smallest time scale."""
+    from pydantic import ValidationError
+
+    from serving.config import ServeConfig
+    from turnout.demo import free_port
+
+    base: dict[str, Any] = {
+        "port": free_port(), "bundle": str(work / "bundle"), "log_dir": str(work / "logs"), "base_dir": str(work),
+        "build_if_missing": {"world": str(CONFIGS / "world.yaml"), "requests": train_requests},
+        "models": {"num_replicas": 1, "num_cpus": 0.1, "max_ongoing_requests": 64},
+        "gateway": {"num_replicas": 1, "num_cpus": 0.2, "max_ongoing_requests": 128},
+    }
+    for scale in (0.0, 1e-6):  # zero think time if the config allows it, else a microsecond per simulated second
+        try:
+            return ServeConfig.model_validate({**base, "backend": {"kind": "simulated", "world": str(CONFIGS / "world.yaml"),
+                                                                   "time_scale": scale}})
+        except ValidationError:
+            continue
+    raise RuntimeError("no simulated time_scale accepted by ServeConfig")
+
+
+async def _load(url: str, bodies: Sequence[dict[str, Any]], concurrency: int) -> dict[str, Any]:
+    """``concurrency`` clients over one keep-alive pool; per-request latency (ms), wall time, statuses."""
+    import httpx
+
+    lat = np.full(len(bodies), np.nan)
+    status: Counter[int] = Counter()
+    models: Counter[str] = Counter()
+    decision_ms: list[float] = []
+    tiers = np.full(len(bodies), "", dtype=object)
+    it = iter(range(len(bodies)))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
+        async def worker() -> None:
+            for i in it:
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(url, json=bodies[i])
+                    code = r.status_code
+                except httpx.HTTPError:
+                    code = 0
+                lat[i] = (time.perf_counter() - t0) * 1000.0
+                status[code] += 1
+                if code == 200:
+                    body = r.json()
+                    models[body.get("model", "?")] += 1
+                    t = body.get("turnout") or {}
+                    tiers[i] = str(t.get("cache_tier", ""))
+                    if t.get("decision_ms") is not None:
+                        decision_ms.append(float(t["decision_ms"]))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return {"latency_ms": lat, "wall_s": wall, "status": dict(status), "models": dict(models), "decision_ms": decision_ms,
+            "cache_tier": tiers}
+
+
+def _profile(url: str, bodies: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any] | None:
+    """py-spy the gateway replica while it serves gateway-only load for ``args.profile`` seconds."""
+    pid = _gateway_pid()
+    if pid is None or not shutil.which("py-spy"):
+        console.print("[yellow]profile skipped: no gateway replica process found or no py-spy[/]")
+        return None
+    out = result_path("serve_overhead_profile", "txt", args.quick)
+    raw = out.with_suffix(".raw.txt")
+    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(int(args.profile)), "--rate", "200",
+                            "--format", "raw", "--output", str(raw), "--nonblocking"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + args.profile
+    n = 0
+    while time.monotonic() < deadline and spy.poll() is None:
+        chunk = [bodies[(n + i) % len(bodies)] for i in range(400)]
+        asyncio.run(_load(url, chunk, args.concurrency))
+        n += len(chunk)
+    _, err = spy.communicate(timeout=60)
+    if spy.returncode != 0 or not raw.exists():
+        console.print(f"[yellow]py-spy failed ({spy.returncode}): {err.decode()[-300:]}[/]")
+        return None
+    summary = _summarise_stacks(raw.read_text())
+    out.write_text("\n".join(f"{share:6.1%}  {name}" for name, share in summary["self_top"]) + "\n")
+    rows = [[name, share] for name, share in summary["inclusive"]]
+    table(f"Where the gateway replica's time goes (py-spy, {n} requests, {summary['samples']} samples, "
+          "share of samples including callees)", ["frame", "share"], rows)
+    table("Top functions by own samples", ["function", "share"], [[a, b] for a, b in summary["self_top"][:15]])
+    return {"pid": pid, "requests": n, **summary, "raw": str(raw)}
+
+
+def _gateway_pid() -> int | None:
+    """The gateway replica among *this* process's descendants (other Ray clusters may run on the box;
+    the state API needs the dashboard, which the launcher leaves off)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    todo, found = [os.getpid()], None
+    while todo and found is None:
+        pid = todo.pop()
+        try:
+            cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            cmd = ""
+        if "ServeReplica:turnout:Gateway" in cmd:
+            found = pid
+        todo.extend(children.get(pid, []))
+    return found
+
+
+MARKERS = {
+    "router decide (classify + featurize + policy)": "decide (router/decision.py",
+    "classifier ONNX + OOD": "predict (router/classifier.py",
+    "policy ONNX": "predict_batch (router/policy.py",
+    "featurize": "featurize (router/features.py",
+    "decision log append/flush": "serving/decision_log.py",
+    "gateway core (serving/gateway.py)": "serving/gateway.py",
+    "model call (handle.remote + await)": "_call_model",
+    "Ray Serve replica/handle machinery": "ray/serve/",
+    "FastAPI/Starlette": "starlette/",
+    "JSON": "json/",
+    "event loop idle (select/epoll)": "select (",
+}
+
+
+def _summarise_stacks(raw: str) -> dict[str, Any]:
+    """py-spy ``raw`` format: ``frame;frame;...;leaf count`` per line."""
+    total = 0
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        c = int(count)
+        total += c
+        for name, marker in MARKERS.items():
+            if marker in stack:
+                inclusive[name] += c
+        own[stack.split(";")[-1]] += c
+    total = max(total, 1)
+    return {"samples": total, "inclusive": [(k, inclusive[k] / total) for k in MARKERS],
+            "self_top": [(k, v / total) for k, v in own.most_common(30)]}
+
+
+def _stats(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    lat = np.concatenate([b["latency_ms"] for b in blocks])
+    wall = sum(b["wall_s"] for b in blocks)
+    status: Counter[int] = Counter()
+    models: Counter[str] = Counter()
+    for b in blocks:
+        status.update(b["status"])
+        models.update(b["models"])
+    dec = np.concatenate([np.asarray(b["decision_ms"], dtype=float) for b in blocks])
+    tiers = np.concatenate([b["cache_tier"] for b in blocks])
+    by_tier = {str(t): {"n": int((tiers == t).sum()), "p50_ms": float(np.percentile(lat[tiers == t], 50))}
+               for t in sorted(set(tiers.tolist())) if t}
+    ok = status.get(200, 0)
+    return {"n": int(lat.size), "ok": ok, "errors": int(lat.size - ok), "status": {str(k): v for k, v in status.items()},
+            "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
+            "p99_ms": float(np.percentile(lat, 99)), "mean_ms": float(lat.mean()),
+            "throughput_rps": float(lat.size / wall), "wall_s": wall, "models": dict(models),
+            "by_cache_tier": by_tier,
+            "decision_ms_p50": float(np.median(dec)) if dec.size else None,
+            "decision_ms_p99": float(np.percentile(dec, 99)) if dec.size else None}
+
+
+def _report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> dict[str, Any]:
+    s = {k: _stats(v) for k, v in runs.items()}
+    g, p = s["gateway"], s["passthrough"]
+    added_p50 = g["p50_ms"] - p["p50_ms"]
+    ratio = g["throughput_rps"] / p["throughput_rps"]
+    per_round = [{"added_p50_ms": float(np.median(a["latency_ms"]) - np.median(b["latency_ms"])),
+                  "throughput_ratio": (a["latency_ms"].size / a["wall_s"]) / (b["latency_ms"].size / b["wall_s"])}
+                 for a, b in zip(runs["gateway"], runs["passthrough"])]
+    table(f"Serve overhead: {args.requests} requests per app, concurrency {args.concurrency}, {args.rounds} alternating "
+          "rounds, SIMULATED zero-think-time backends",
+          ["app", "ok", "errors", "p50 ms", "p90 ms", "p99 ms", "mean ms", "req/s", "decision p50 ms"],
+          [[k, v["ok"], v["errors"], v["p50_ms"], v["p90_ms"], v["p99_ms"], v["mean_ms"], v["throughput_rps"],
+            v["decision_ms_p50"]] for k, v in s.items()])
+    rr = [r["added_p50_ms"] for r in per_round]
+    tr = [r["throughput_ratio"] for r in per_round]
+    targets = {"added_p50_ms": {"value": added_p50, "target": "<= 1.0", "met": added_p50 <= 1.0},
+               "throughput_ratio": {"value": ratio, "target": ">= 0.90", "met": ratio >= 0.90}}
+    table("Gateway vs passthrough (measured in the same run)", ["metric", "value", "per-round range", "target", "met"],
+          [["added p50 latency (ms)", added_p50, f"{min(rr):.2f}..{max(rr):.2f}", "<= 1.0", str(targets["added_p50_ms"]["met"])],
+           ["added p99 latency (ms)", g["p99_ms"] - p["p99_ms"], "-", "-", "-"],
+           ["throughput gateway / passthrough", ratio, f"{min(tr):.2f}..{max(tr):.2f}", ">= 0.90",
+            str(targets["throughput_ratio"]["met"])]])
+    if g["by_cache_tier"]:
+        table("Gateway p50 by the decision's cache tier (a semantic tier embeds the prompt with the cache's encoder)",
+              ["cache tier", "requests", "p50 ms", "added p50 vs passthrough ms"],
+              [[t, v["n"], v["p50_ms"], v["p50_ms"] - p["p50_ms"]] for t, v in g["by_cache_tier"].items()])
+    return {"apps": s, "added_p50_ms": added_p50, "added_p99_ms": g["p99_ms"] - p["p99_ms"], "throughput_ratio": ratio,
+            "per_round": per_round, "targets": targets}
+
+
+def _plot(runs: dict[str, list[dict[str, Any]]], quick: bool) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for name, blocks in runs.items():
+        lat = np.sort(np.concatenate([b["latency_ms"] for b in blocks]))
+        a1.plot(lat, np.arange(1, lat.size + 1) / lat.size, label=name)
+        a2.plot(range(1, len(blocks) + 1), [b["latency_ms"].size / b["wall_s"] for b in blocks], marker="o", label=name)
+    a1.set_xlabel("latency ms (client)")
+    a1.set_ylabel("CDF")
+    a1.set_xscale("log")
+    a1.legend()
+    a2.set_xlabel("round")
+    a2.set_ylabel("requests/s")
+    a2.legend()
+    fig.suptitle("turnout gateway vs passthrough (same model deployments, SIMULATED zero-think-time backends)", fontsize=10)
+    fig.tight_layout()
+    path = result_path("serve_overhead", "png", quick)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    raise SystemExit(main())

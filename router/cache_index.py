@@ -1,0 +1,105 @@
+"""In-process nearest-neighbour index of one cache partition (one per tenant and category).
+
+Holds only unit vectors and integer slots; the answers live in the document store. Small
+partitions are searched exactly (one matrix-vector product beats a graph walk below a few thousand
+rows); from ``hnsw_min`` rows on, the partition switches to a faiss HNSW graph (inner product =
+cosine on unit vectors). HNSW cannot delete, so removals are tombstones: searches over-fetch by the
+number of dead rows (capped) and drop them, and the partition is rebuilt once more than half of it
+is dead. A rebuild of a 100k-row partition takes tens of seconds on one core: quotas keep
+partitions well below that in practice (``CategoryCachePolicy.max_entries``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+HNSW_M = 16
+EF_CONSTRUCTION = 64
+EF_SEARCH = 48
+MAX_OVERFETCH = 64
+
+
+class PartitionIndex:
+    """Exact below ``hnsw_min`` rows, HNSW above; ``search`` returns (keys, cosines) best first."""
+
+    def __init__(self, dim: int, *, hnsw_min: int = 4096) -> None:
+        self.dim = dim
+        self.hnsw_min = hnsw_min
+        self._vectors = np.zeros((64, dim), dtype=np.float32)
+        self._dead = np.zeros(64, dtype=bool)
+        self._keys: list[str | None] = []
+        self._slot: dict[str, int] = {}
+        self._hnsw: object | None = None
+        self._n_dead = 0
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._slot
+
+    def add(self, key: str, vector: np.ndarray) -> None:
+        if key in self._slot:
+            self.remove(key)
+        n = len(self._keys)
+        if n == len(self._vectors):
+            self._vectors = np.concatenate([self._vectors, np.zeros_like(self._vectors)])
+            self._dead = np.concatenate([self._dead, np.zeros_like(self._dead)])
+        self._vectors[n] = vector
+        self._keys.append(key)
+        self._slot[key] = n
+        if self._hnsw is not None:
+            self._hnsw.add(self._vectors[n:n + 1])  # type: ignore[attr-defined]
+        elif len(self._slot) >= self.hnsw_min:
+            self._build_hnsw()
+
+    def remove(self, key: str) -> None:
+        slot = self._slot.pop(key, None)
+        if slot is None:
+            return
+        self._keys[slot] = None
+        self._dead[slot] = True
+        self._n_dead += 1
+        if self._n_dead > 32 and self._n_dead > len(self._keys) // 2:
+            self._compact()
+
+    def search(self, vector: np.ndarray, k: int) -> tuple[list[str], list[float]]:
+        if not self._slot:
+            return [], []
+        if self._hnsw is None:
+            n = len(self._keys)
+            sims = self._vectors[:n] @ vector
+            if self._n_dead:
+                sims[self._dead[:n]] = -2.0
+            top = np.argpartition(-sims, min(k, n - 1))[:k] if n > k else np.arange(n)
+            top = top[np.argsort(-sims[top])]
+            pairs = [(self._keys[i], float(sims[i])) for i in top if self._keys[i] is not None]
+        else:
+            fetch = k + min(self._n_dead, MAX_OVERFETCH)
+            dist, idx = self._hnsw.search(vector.reshape(1, -1), fetch)  # type: ignore[attr-defined]
+            pairs = [(self._keys[i], float(d)) for d, i in zip(dist[0], idx[0]) if i >= 0 and self._keys[i] is not None]
+        pairs = pairs[:k]
+        return [p[0] for p in pairs], [p[1] for p in pairs]  # type: ignore[misc]
+
+    def _build_hnsw(self) -> None:
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+        index = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = EF_CONSTRUCTION
+        index.hnsw.efSearch = EF_SEARCH
+        index.add(self._vectors[:len(self._keys)])
+        self._hnsw = index
+
+    def _compact(self) -> None:
+        live = [i for i, key in enumerate(self._keys) if key is not None]
+        vectors = self._vectors[live]
+        self._keys = [self._keys[i] for i in live]
+        self._slot = {key: i for i, key in enumerate(self._keys)}  # type: ignore[misc]
+        self._vectors = np.zeros((max(64, 2 * len(live)), self.dim), dtype=np.float32)
+        self._vectors[:len(live)] = vectors
+        self._dead = np.zeros(len(self._vectors), dtype=bool)
+        self._n_dead = 0
+        self._hnsw = None
+        if len(live) >= self.hnsw_min:
+            self._build_hnsw()

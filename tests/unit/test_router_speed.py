@@ -1,0 +1,159 @@
+"""The router's speed-ups change no decision: each fast path equals the plain computation it replaced.
+
+(No wall-clock assertions: ``benchmarks/router_latency.py`` measures the speed.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import numpy as np
+import pytest
+
+from router.bundle import Bundle
+from router.config import Exploration, Preference
+from router.decision import Decision, Router
+from router.features import SKETCH_DIM, SKETCH_TOKENS, _TOKEN, text_sketch
+from router.policy import draw
+from router.request import Message, Request
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_draw_takes_the_same_index_and_draw_as_rng_choice(seed: int) -> None:
+    g = np.random.default_rng(seed)
+    k = int(g.integers(1, 7))
+    p = g.dirichlet(np.full(k, 0.3)) if seed % 2 else np.full(k, 0.1 / k) + 0.9 * (np.arange(k) == g.integers(k))
+    a, b = np.random.default_rng(seed + 100), np.random.default_rng(seed + 100)
+    assert [int(a.choice(k, p=p)) for _ in range(200)] == [draw(b, p.tolist(), p) for _ in range(200)]
+    assert a.bit_generator.state == b.bit_generator.state
+
+
+@pytest.mark.parametrize("p", [[0.5, float("nan")], [1.2, -0.2], [0.3, 0.3]])
+def test_draw_rejects_what_rng_choice_rejects(p: list[float]) -> None:
+    with pytest.raises(ValueError) as expected:
+        np.random.default_rng(0).choice(len(p), p=p)
+    with pytest.raises(ValueError, match=str(expected.value)):
+        draw(np.random.default_rng(0), p)
+
+
+def _sketch_reference(text: str) -> np.ndarray:
+    """The sketch as first written: accumulate in the float32 array itself."""
+    half = SKETCH_TOKENS // 2
+    head = _TOKEN.findall(text[: 16 * half].lower())[:half]
+    tail = _TOKEN.findall(text[-16 * half:].lower())[-half:] if len(text) > 16 * half else []
+    tokens = head + tail
+    vec = np.zeros(SKETCH_DIM, dtype=np.float32)
+    for g in tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]:
+        h = zlib.crc32(g.encode("utf-8", "replace"))
+        vec[h % SKETCH_DIM] += 1.0 if (h >> 16) & 1 else -1.0
+    norm = float(np.linalg.norm(vec))
+    return vec / norm if norm else vec
+
+
+@pytest.mark.parametrize("text", ["", "a", "How do I reverse a list in Python?", "word " * 5000, "x" * 40_000,
+                                  "héllo wörld 你好 \ud800 " * 300, "the the the the"])
+def test_sketch_is_bit_identical_to_the_reference(text: str) -> None:
+    assert text_sketch(text).tobytes() == _sketch_reference(text).tobytes()
+
+
+# ------------------------------------------------------------------------------------------------
+# batched decisions
+
+PROMPTS = ["How do I reverse a linked list in C?", "Solve 3x + 5 = 20 for x.", "Write a haiku about autumn rain.",
+           "What is the capital of Australia?", "hi, how are you today?", "Translate 'good morning' into French.",
+           "Explain quicksort and its worst case.", "Integrate x^2 from 0 to 3.", "Wie spät ist es bitte?",
+           "", "zzkq xxvv qqpw bvvx", "aGVsbG8gd29ybGQgYmFzZTY0" * 4, "😀" * 20, "x" * 40_000]
+
+
+def _requests(prefix: str) -> list[Request]:
+    out = []
+    for i in range(3 * len(PROMPTS)):
+        pref = Preference(quality=1.0, cost=float(i % 3), latency=0.2) if i % 4 == 0 else None
+        text = PROMPTS[i % len(PROMPTS)] + ("" if i < len(PROMPTS) else f" (variant {i // len(PROMPTS)})")
+        out.append(Request(messages=(Message("user", text),), request_id=f"{prefix}{i}", tenant=f"t{i % 2}",
+                           preference=pref))
+    return out
+
+
+def _warm(router: Router) -> None:
+    """The same cache state in every router: a third of the prompts answered once."""
+    g = np.random.default_rng(1)
+    for q in _requests("warm")[::3]:
+        d = router.decide(q, now_s=1.0, rng=g)
+        router.remember(q, d, f"answer to {q.prompt[:20]}", now_s=1.0)
+
+
+def _same(a: Decision, b: Decision) -> bool:
+    x, y = dataclasses.asdict(a), dataclasses.asdict(b)
+    x.pop("decision_ms")
+    y.pop("decision_ms")
+    return x == y
+
+
+@pytest.mark.parametrize("model_load", [None, {"small": 0.2, "medium": 0.5, "large": 0.9},
+                                        {"small": 4.0, "medium": 9.0, "large": 6.0}])
+def test_decide_batch_equals_decide_one_by_one(bundle: Bundle, model_load: dict[str, float] | None) -> None:
+    seq_router, batch_router = Router(bundle), Router(bundle)
+    _warm(seq_router)
+    _warm(batch_router)
+    reqs = _requests("q")
+    g1, g2 = np.random.default_rng(5), np.random.default_rng(5)
+    seq = [seq_router.decide(r, now_s=2.0, rng=g1, model_load=model_load) for r in reqs]
+    batched: list[Decision] = []
+    for size in (1, 5, 17, len(reqs)):  # batch boundaries anywhere
+        start = len(batched)
+        batched += batch_router.decide_batch(reqs[start:start + size], now_s=2.0, rng=g2, model_load=model_load)
+    batched += batch_router.decide_batch(reqs[len(batched):], now_s=2.0, rng=g2, model_load=model_load)
+    assert len(batched) == len(seq)
+    assert [i for i, (a, b) in enumerate(zip(seq, batched)) if not _same(a, b)] == []
+    assert g1.bit_generator.state == g2.bit_generator.state
+    policies = {d.policy for d in seq}
+    assert {"cache", "fallback", "epsilon_greedy"} <= policies, policies  # every path was exercised
+    assert seq_router.n_fallbacks == batch_router.n_fallbacks
+
+
+def test_decide_batch_falls_back_like_decide_when_models_fail(bundle: Bundle) -> None:
+    reqs = _requests("f")[:6]
+    for broken in ("classifier", "scorer"):
+        routers = [Router(bundle), Router(bundle)]
+        for r in routers:
+            def boom(*args: object, **kwargs: object) -> None:
+                raise RuntimeError("onnxruntime exploded")
+
+            if broken == "classifier":
+                r.classifier.predict = boom  # type: ignore[method-assign]
+            else:
+                r.scorer.predict = boom  # type: ignore[method-assign]
+                r.scorer.predict_batch = boom  # type: ignore[method-assign]
+        g1, g2 = np.random.default_rng(3), np.random.default_rng(3)
+        seq = [routers[0].decide(q, now_s=0.0, rng=g1) for q in reqs]
+        bat = routers[1].decide_batch(reqs, now_s=0.0, rng=g2)
+        assert all(_same(a, b) for a, b in zip(seq, bat)) and {d.policy for d in bat} <= {"fallback", "cache"}
+        assert routers[0].n_fallbacks == routers[1].n_fallbacks > 0
+
+
+def test_policy_batch_rows_equal_single_rows(bundle: Bundle) -> None:
+    router = Router(bundle)
+    assert router.scorer.row_separable == (bundle.manifest.policy.kind == "gbdt")
+    x = np.random.default_rng(0).normal(size=(33, bundle.manifest.policy.n_context)).astype(np.float32)
+    batch = router.scorer.predict_batch(x)
+    for i in range(len(x)):
+        one = router.scorer.predict(x[i])
+        if router.scorer.row_separable:
+            assert one.quality.tobytes() == batch.quality[i].tobytes()
+            assert one.cost_usd.tobytes() == batch.cost_usd[i].tobytes()
+            assert one.latency_ms.tobytes() == batch.latency_ms[i].tobytes()
+        else:
+            np.testing.assert_allclose(one.quality, batch.quality[i], rtol=1e-5)
+
+
+def test_exploration_kinds_draw_like_rng_choice() -> None:
+    from router.policy import action_probs, choose
+
+    for exploration in (Exploration(kind="epsilon_greedy", epsilon=0.2), Exploration(kind="softmax", temperature=0.1)):
+        u = np.array([0.3, 0.31, 0.1, 0.3], dtype=np.float32)
+        p = action_probs(u, exploration)
+        a, b = np.random.default_rng(9), np.random.default_rng(9)
+        picks = [choose(list("abcd"), u, exploration, a).model for _ in range(300)]
+        assert picks == ["abcd"[int(b.choice(4, p=p))] for _ in range(300)]
