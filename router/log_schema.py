@@ -68,6 +68,10 @@ FIELDS: tuple[Field, ...] = (
 SCHEMA = pa.schema([pa.field(f.name, f.type, nullable=f.nullable) for f in FIELDS], metadata={"turnout_log_schema": SCHEMA_VERSION})
 FIELD_NAMES = tuple(f.name for f in FIELDS)
 
+#: ``policy`` values whose model was not drawn from the logged ``action_probs`` (a client pin, a cache hit,
+#: a failover after an upstream error, an overload move): policy training and off-policy evaluation skip them.
+NOT_DRAWN_POLICIES = ("pinned", "cache", "failover", "overload")
+
 
 @dataclass(frozen=True, slots=True)
 class LogRecord:

@@ -179,7 +179,18 @@ def request_hits(request: ReplicaRequest, summaries: Sequence[Container[int] | N
     hashes, n_in = request.prefix_hashes, request.input_tokens
     if not hashes:
         return [0] * len(summaries)
-    return [prefix_hit_tokens(hashes, s, n_in) for s in summaries]
+    n = len(hashes)
+    probes = [(hashes[p], min((p + 1) * BLOCK_TOKENS, n_in - 1)) for p in PREFIX_CHECKPOINTS if p < n]
+    out = []
+    for summary in summaries:  # prefix_hit_tokens, inlined: the checkpoint probes are built once per request
+        hit = 0
+        if summary:
+            for h, tokens in probes:
+                if h not in summary:
+                    break
+                hit = tokens
+        out.append(hit)
+    return out
 
 
 def replica_feature_matrix(stats: Sequence[Mapping[str, Any]], request: ReplicaRequest) -> np.ndarray:

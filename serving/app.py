@@ -31,7 +31,7 @@ from serving.config import ServeConfig, load_serve_config
 from serving.decision_log import DecisionLogWriter
 from serving.gateway import GatewayCore, error_reply, parse_body
 from serving.metrics import GatewayMetrics
-from serving.overload import OverloadGuard
+from serving.overload import build_overload_guard
 from serving.tenants import TenantDirectory
 
 api = FastAPI(title="turnout gateway", description="OpenAI-compatible chat completions with learned routing")
@@ -162,8 +162,9 @@ class ModelServer:
         return dataclasses.replace(result, ttft_ms=1000.0 * ttft_s, latency_ms=1000.0 * e2e_s)
 
     def record_routing_stats(self, summary: bool = True) -> dict[str, Any]:
-        """In-flight count, latency and TTFT EWMAs (the gateway's overload estimate); with an engine, its ``router.replica.STATS_KEYS`` + ``ts``
-        (wall clock of the snapshot) and, when ``summary``, the compact ``prefix_summary`` list."""
+        """In-flight count, latency and TTFT EWMAs (read by ``serving.overload``) and ``ts`` (wall clock of
+        the snapshot); with an engine, its ``router.replica.STATS_KEYS`` and, when ``summary``, the
+        compact ``prefix_summary`` list."""
         stats: dict[str, Any] = {"num_ongoing": self.ongoing, "ewma_latency_ms": round(self.ewma_latency_ms, 2),
                                  "ewma_ttft_ms": round(self.ewma_ttft_ms, 2), "ts": time.time()}
         if self.engine is not None:
@@ -195,28 +196,9 @@ class Gateway:
                                 preference=cfg.preference, seed=cfg.gateway.seed, tenants=tenants,
                                 failover=cfg.failover, metrics=GatewayMetrics(), capacity=capacity,
                                 build_router=self._build_router, feedback_dir=cfg.path(cfg.log_dir),
-                                overload=self._overload_guard(cfg, models))
+                                overload=build_overload_guard(cfg, models, _LOG))
         self.core.deployed_models = set(models)
         self._tasks: "list[asyncio.Task[None]]" = []
-
-    @staticmethod
-    def _overload_guard(cfg: ServeConfig, models: "dict[str, DeploymentHandle]") -> "OverloadGuard | None":
-        """``serving.overload`` from ``cfg.overload``; the learned TTFT scorer when replica routing is
-        learned (a scorer that fails to load is logged and the queue estimate is used instead)."""
-        if cfg.overload.action == "off":
-            return None
-        scorer = None
-        rr = cfg.replica_routing
-        if rr.kind == "learned" and rr.model:
-            from router.replica import ReplicaScorer
-
-            try:
-                scorer = ReplicaScorer(cfg.path(rr.model))
-            except Exception as e:  # ArtifactError, FeatureMismatchError: fall back, never fail the gateway
-                _LOG.error("overload control cannot load the replica scorer %s (%s); using the queue estimate",
-                           rr.model, e)
-        return OverloadGuard(cfg.overload, replicas={m: cfg.deployment(m).num_replicas for m in models},
-                             slots={m: cfg.deployment(m).max_ongoing_requests for m in models}, scorer=scorer)
 
     def _build_router(self, bundle: Any) -> Router:
         """The one place a Router is built (startup and hot reload)."""

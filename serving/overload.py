@@ -4,10 +4,13 @@ ranking -- before it joins a queue it cannot get out of in time.
 
 Where the numbers come from (no extra RPCs): every model reply already carries the serving replica's
 stats snapshot (``ModelReply.replica_stats``, taken by ``ModelServer.record_routing_stats`` when the
-call arrived). ``ReplicaStatsBoard`` keeps the latest snapshot per (model, replica) with the gateway
-clock time it was received; snapshots older than ``stale_after_s`` are ignored, so a replica that died
-or went quiet stops counting. The guard judges a model only when it holds fresh stats from every
-replica the deployment runs (``replicas[model]``): an unseen replica may be idle, so it fails open.
+call arrived). ``ReplicaStatsBoard`` keeps the latest snapshot per (model, replica) with its time (the
+snapshot's wall-clock ``ts`` when it has one -- a reply can arrive long after its snapshot -- else the
+arrival time); snapshots older than ``stale_after_s`` are ignored, so a replica that died or went
+quiet stops counting. A model judged overloaded gets no new requests, so its stats age out and the
+next requests probe it again (recovery needs no extra signal). The guard judges a model only when it
+holds fresh stats from every replica the deployment runs (``replicas[model]``): an unseen replica may
+be idle, so it fails open.
 
 Predicted TTFT of the request on one replica (milliseconds):
 
@@ -25,22 +28,29 @@ Predicted TTFT of the request on one replica (milliseconds):
 ``Retry-After`` is the predicted drain time: ``min_predicted_ttft - slo`` (the excess queue wait drains
 in real time), rounded up to whole seconds and clipped to ``[min_retry_after_s, max_retry_after_s]``.
 
+Times are in the units the replicas report (a simulated backend reports simulated milliseconds, the
+same as the logged ``ttft_ms``; wall time is that times its ``time_scale``).
+
 A request moved to another model is logged with ``policy="overload"`` and propensity 1 (forced, not a
 draw of the policy), so off-policy evaluation can exclude it like ``failover``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from router.config import _Frozen
 from router.replica import ReplicaRequest, ReplicaScorer, features_from_states, has_stats, replica_state
+
+if TYPE_CHECKING:
+    from serving.config import ServeConfig
 
 OVERLOAD_POLICY = "overload"
 
@@ -56,6 +66,18 @@ class OverloadConfig(_Frozen):
     min_retry_after_s: int = Field(default=1, ge=1)
     max_retry_after_s: int = Field(default=60, ge=1)
 
+    @field_validator("action", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML 1.1 reads a bare ``off`` as false
+
+    @model_validator(mode="after")
+    def _retry_range(self) -> OverloadConfig:
+        if self.min_retry_after_s > self.max_retry_after_s:
+            raise ValueError(f"min_retry_after_s ({self.min_retry_after_s}) exceeds max_retry_after_s "
+                             f"({self.max_retry_after_s})")
+        return self
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -68,15 +90,18 @@ class Verdict:
 
 
 class ReplicaStatsBoard:
-    """Latest stats snapshot per (model, replica), with the gateway-clock time it arrived."""
+    """Latest stats snapshot per (model, replica), with the wall-clock time it was taken (``ts``, when
+    present and not in the future of this clock) or else received."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self._stats: dict[str, dict[str, tuple[float, Mapping[str, Any]]]] = {}
 
     def observe(self, model: str, replica: str, stats: Mapping[str, Any] | None) -> None:
         if stats and replica:
-            self._stats.setdefault(model, {})[replica] = (self.clock(), stats)
+            now = self.clock()
+            ts = _num(stats, "ts")
+            self._stats.setdefault(model, {})[replica] = (ts if ts is not None and ts <= now else now, stats)
 
     def fresh(self, model: str, stale_after_s: float) -> list[Mapping[str, Any]]:
         """Snapshots of ``model``'s replicas received within ``stale_after_s``; older ones are dropped."""
@@ -109,7 +134,7 @@ class OverloadGuard:
 
     def __init__(self, config: OverloadConfig, *, replicas: Mapping[str, int] | None = None,
                  slots: Mapping[str, int] | None = None, scorer: ReplicaScorer | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.replicas = dict(replicas or {})
         self.slots = dict(slots or {})
@@ -149,6 +174,26 @@ class OverloadGuard:
         slo = self.config.slo_ttft_ms
         if best <= slo:
             return Verdict(model, False, best)
-        wait = math.ceil((best - slo) / 1000.0)
+        wait = math.ceil(round(best - slo) / 1000.0)  # whole ms first: float32 noise must not add a second
         wait = min(max(wait, self.config.min_retry_after_s), self.config.max_retry_after_s)
         return Verdict(model, True, best, wait)
+
+
+def build_overload_guard(cfg: ServeConfig, models: Iterable[str],
+                         log: logging.Logger | None = None) -> OverloadGuard | None:
+    """The gateway's guard from ``cfg.overload`` (``None`` when off): replica counts and slots from each
+    model's deployment options; the learned scorer when ``replica_routing`` is learned (a scorer that
+    fails to load is logged and the queue estimate is used: overload control never fails the gateway)."""
+    if cfg.overload.action == "off":
+        return None
+    models = list(models)
+    scorer = None
+    rr = cfg.replica_routing
+    if rr.kind == "learned" and rr.model:
+        try:
+            scorer = ReplicaScorer(cfg.path(rr.model))
+        except Exception as e:  # ArtifactError, FeatureMismatchError, ORT errors
+            (log or logging.getLogger(__name__)).error(
+                "overload control cannot load the replica scorer %s (%s); using the queue estimate", rr.model, e)
+    return OverloadGuard(cfg.overload, replicas={m: cfg.deployment(m).num_replicas for m in models},
+                         slots={m: cfg.deployment(m).max_ongoing_requests for m in models}, scorer=scorer)

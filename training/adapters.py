@@ -781,6 +781,87 @@ def _sharegpt_row(obj: Mapping[str, Any], where: str) -> ReplayPrompt | None:
     return ReplayPrompt(turns[0], str(obj["id"]), _source_int(obj, "n_turns", where))
 
 
+# ---------------------------------------------------------------------------------------------- csv traces
+
+# Recognised header names (case-insensitive) when no column option is given; the Azure LLM inference
+# traces use ``TIMESTAMP,ContextTokens,GeneratedTokens``.
+CSV_TRACE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "timestamp": ("timestamp", "time", "arrival_time"),
+    "input": ("context_tokens", "contexttokens", "input_tokens", "prompt_tokens"),
+    "output": ("generated_tokens", "generatedtokens", "output_tokens", "completion_tokens"),
+}
+CSV_TIME_UNITS: dict[str, float] = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+
+
+def convert_csv(in_path: Path, out_path: Path, *, seed: int = 0, limit: int | None = None,
+                timestamp_column: str | None = None, input_column: str | None = None,
+                output_column: str | None = None, time_unit: str = "s") -> Summary:
+    """A CSV arrival trace (timestamp, prompt tokens, generated tokens per row) -> trace JSONL in seconds
+    from the first request, sorted by time; no prefix hashes.
+
+    Columns are found by ``CSV_TRACE_COLUMNS`` unless named (``timestamp_column`` etc., case-insensitive).
+    Timestamps are numbers in ``time_unit`` (s, ms, us) or ISO 8601 date-times.
+    """
+    _check_common("csv", seed, limit)
+    _require_input(in_path, "file", "csv", "a CSV trace with timestamp, context and generated token columns")
+    _require_output(out_path, "file", "csv")
+    rows = _head(csv_trace_rows(in_path, timestamp_column=timestamp_column, input_column=input_column,
+                                output_column=output_column, time_unit=time_unit), limit)
+    return _summary("csv", {out_path: write_jsonl(out_path, rows)}, 0, Counter())
+
+
+def csv_trace_rows(path: Path, *, timestamp_column: str | None = None, input_column: str | None = None,
+                   output_column: str | None = None, time_unit: str = "s") -> list[TraceRow]:
+    """The rows of a CSV arrival trace, sorted by time, timestamps relative to the first (see ``convert_csv``).
+
+    Raises:
+        DataFormatError: a missing column, an unknown ``time_unit``, or a value that does not parse
+            (file:line, column and value named).
+    """
+    from datetime import datetime
+
+    if time_unit not in CSV_TIME_UNITS:
+        raise DataFormatError(f"csv: time_unit must be one of {', '.join(CSV_TIME_UNITS)}; got {time_unit!r}")
+    scale = CSV_TIME_UNITS[time_unit]
+    named = {"timestamp": timestamp_column, "input": input_column, "output": output_column}
+    timed: list[tuple[float, TraceRow]] = []
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            with _csv_errors(path, reader):
+                header = [h.strip().lower() for h in next(reader, [])]
+                cols: dict[str, int] = {}
+                for key, names in CSV_TRACE_COLUMNS.items():
+                    choices = (named[key].strip().lower(),) if named[key] else names
+                    found = next((header.index(n) for n in choices if n in header), None)
+                    if found is None:
+                        raise DataFormatError(f"{path}: no {key} column; expected one of {', '.join(choices)}; "
+                                              f"header is {header}")
+                    cols[key] = found
+                for cells in reader:
+                    if not cells:
+                        continue
+                    where = f"{path}:{reader.line_num}"
+                    try:
+                        raw = cells[cols["timestamp"]].strip()
+                        try:
+                            t = float(raw) * scale
+                        except ValueError:
+                            t = datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+                        n_in, n_out = int(float(cells[cols["input"]])), int(float(cells[cols["output"]]))
+                    except (ValueError, IndexError) as e:
+                        raise DataFormatError(f"{where}: cannot parse {cells!r:.80} ({e})") from e
+                    if not math.isfinite(t) or n_in < 0 or n_out < 0:
+                        raise DataFormatError(f"{where}: timestamp must be finite and token counts >= 0; "
+                                              f"got {cells!r:.80}")
+                    timed.append((t, TraceRow(t, n_in, n_out)))
+    except OSError as e:
+        raise DataFormatError(f"{path}: cannot read the CSV trace: {e}") from e
+    if not timed:
+        raise DataFormatError(f"{path}: the CSV trace has no rows")
+    return _relative(timed)
+
+
 # ---------------------------------------------------------------------------------------------- dispatch
 
 CONVERTERS: dict[str, Converter] = {
@@ -791,6 +872,7 @@ CONVERTERS: dict[str, Converter] = {
     "ragpulse": convert_ragpulse,
     "servegen": convert_servegen,
     "sharegpt": convert_sharegpt,
+    "csv": convert_csv,
 }
 
 

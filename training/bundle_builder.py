@@ -19,7 +19,7 @@ from router.cache import CachePolicy
 from router.classifier import CategoryClassifier
 from router.config import RouterConfig
 from router.features import featurize
-from router.log_schema import read_logs
+from router.log_schema import NOT_DRAWN_POLICIES, read_logs
 from training.classifier import FittedClassifier, fit_category_model
 from training.policy import FittedPolicy, LoggedBandit, fit_policy
 
@@ -82,7 +82,7 @@ def bandit_rows(table: pa.Table) -> pa.Table:
 
     keep = pc.and_(pc.and_(pc.invert(table.column("cache_hit")), pc.is_null(table.column("error"))),
                    pc.is_valid(table.column("quality")))
-    keep = pc.and_(keep, pc.invert(pc.is_in(table.column("policy"), pa.array(["pinned", "cache"]))))
+    keep = pc.and_(keep, pc.invert(pc.is_in(table.column("policy"), pa.array(NOT_DRAWN_POLICIES))))
     return table.filter(keep)
 
 

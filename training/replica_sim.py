@@ -87,59 +87,24 @@ class Trace:
         return cls.from_rows(read_jsonl(path, "trace"), name or path.stem)
 
     @classmethod
-    def read_csv(cls, path: Path | str, name: str | None = None) -> Trace:
-        """A CSV trace with a header naming a timestamp, a prompt-token and an output-token column.
+    def read_csv(cls, path: Path | str, name: str | None = None, **columns: str | None) -> Trace:
+        """A CSV trace: a header naming a timestamp, a prompt-token and an output-token column.
 
-        Recognised names (case-insensitive): ``timestamp``/``time``/``arrival_time``;
+        Parsed by ``training.adapters.csv_trace_rows`` (the ``turnout data convert csv`` reader): recognised
+        names (case-insensitive) ``timestamp``/``time``/``arrival_time``;
         ``context_tokens``/``contexttokens``/``input_tokens``/``prompt_tokens``;
         ``generated_tokens``/``generatedtokens``/``output_tokens``/``completion_tokens`` (e.g. the Azure
-        LLM inference traces: ``TIMESTAMP,ContextTokens,GeneratedTokens``). Timestamps are seconds or ISO
-        8601 date-times; rows are sorted by time. No prefix hashes.
+        LLM inference traces: ``TIMESTAMP,ContextTokens,GeneratedTokens``), or the names passed as
+        ``timestamp_column``/``input_column``/``output_column``. Timestamps are seconds (``time_unit``)
+        or ISO 8601 date-times; rows are sorted by time. No prefix hashes.
 
         Raises:
             DataFormatError: a column is missing, or a value does not parse (file:line, column, value).
         """
-        import csv
-        from datetime import datetime
-
-        from training.formats import DataFormatError
+        from training.adapters import csv_trace_rows
 
         path = Path(path)
-        wanted = {"timestamp": ("timestamp", "time", "arrival_time"),
-                  "input": ("context_tokens", "contexttokens", "input_tokens", "prompt_tokens"),
-                  "output": ("generated_tokens", "generatedtokens", "output_tokens", "completion_tokens")}
-        try:
-            with path.open(newline="", encoding="utf-8") as fh:
-                reader = csv.reader(fh)
-                header = [h.strip().lower() for h in next(reader, [])]
-                cols = {}
-                for key, names in wanted.items():
-                    found = next((header.index(n) for n in names if n in header), None)
-                    if found is None:
-                        raise DataFormatError(f"{path}: no {key} column; expected one of {', '.join(names)}; "
-                                              f"header is {header}")
-                    cols[key] = found
-                rows = []
-                for line_no, cells in enumerate(reader, start=2):
-                    if not cells:
-                        continue
-                    try:
-                        raw = cells[cols["timestamp"]].strip()
-                        try:
-                            t = float(raw)
-                        except ValueError:
-                            t = datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
-                        rows.append((t, int(float(cells[cols["input"]])), int(float(cells[cols["output"]]))))
-                    except (ValueError, IndexError) as e:
-                        raise DataFormatError(f"{path}:{line_no}: cannot parse {cells!r:.80} ({e})") from e
-        except OSError as e:
-            raise DataFormatError(f"{path}: cannot read the CSV trace: {e}") from e
-        if not rows:
-            raise DataFormatError(f"{path}: the CSV trace has no rows")
-        rows.sort(key=lambda r: r[0])
-        t = np.array([r[0] for r in rows])
-        return cls(name or path.stem, t - t[0], np.array([max(r[1], 0) for r in rows], dtype=np.int64),
-                   np.array([max(r[2], 0) for r in rows], dtype=np.int64), ((),) * len(rows))
+        return cls.from_rows(csv_trace_rows(path, **columns), name or path.stem)  # type: ignore[arg-type]
 
     def scaled(self, factor: float) -> Trace:
         """Timestamps multiplied by ``factor`` (< 1 compresses: more load)."""

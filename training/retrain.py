@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 from router.bundle import Bundle, load_bundle, write_bundle
 from router.classifier import CategoryClassifier
 from router.errors import LogSchemaError
+from router.log_schema import NOT_DRAWN_POLICIES
 from training.bundle_builder import bandit_rows, fit_classifier, labelled_from_logs, logged_bandit
 from training.policy import FittedPolicy, PolicyTrainer, default_trainers, fit_policy
 from training.retrain_ope import (
@@ -211,7 +212,7 @@ def total_variation(p: dict[str, float], q: dict[str, float]) -> float:
 def decided_rows(table: pa.Table) -> pa.Table:
     """Rounds a policy decided and a model answered: feedback is expected for each."""
     keep = pc.and_(pc.invert(table.column("cache_hit")), pc.is_null(table.column("error")))
-    keep = pc.and_(keep, pc.invert(pc.is_in(table.column("policy"), pa.array(["pinned", "cache"]))))
+    keep = pc.and_(keep, pc.invert(pc.is_in(table.column("policy"), pa.array(NOT_DRAWN_POLICIES))))
     return table.filter(keep)
 
 

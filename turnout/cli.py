@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="convert public datasets; inspect and validate logs")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     conv = dsub.add_parser("convert", help="turn a public dataset into turnout's JSONL formats")
-    conv.add_argument("source", help="routerbench | routellm | clinc150 | mooncake | ragpulse | servegen | sharegpt")
+    conv.add_argument("source", help="routerbench | routellm | clinc150 | mooncake | ragpulse | servegen | sharegpt | csv")
     conv.add_argument("--in", dest="in_path", required=True, help="input file or directory (see the source's SOURCE.md)")
     conv.add_argument("--out", dest="out_path", required=True, help="output file or directory")
     conv.add_argument("--seed", type=int, default=0)

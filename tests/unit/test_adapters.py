@@ -255,7 +255,8 @@ def test_sharegpt_first_human_turns(shared_data: Path, out_dir: Path) -> None:
 
 
 def test_every_converter_takes_seed_and_limit() -> None:
-    assert sorted(CONVERTERS) == ["clinc150", "mooncake", "ragpulse", "routellm", "routerbench", "servegen", "sharegpt"]
+    assert sorted(CONVERTERS) == ["clinc150", "csv", "mooncake", "ragpulse", "routellm", "routerbench", "servegen",
+                                  "sharegpt"]
     for converter in CONVERTERS.values():
         assert converter.__kwdefaults__ is not None
         assert {"seed", "limit"} <= set(converter.__kwdefaults__)
@@ -270,8 +271,8 @@ def files(tmp_path: Path) -> dict[str, Path]:
 
 
 DISPATCH_ERRORS = [
-    ("routerbenc", "dir", {}, r"unknown source 'routerbenc'; known sources: clinc150, mooncake, ragpulse, routellm, "
-                             r"routerbench, servegen, sharegpt\. Did you mean 'routerbench'\?"),
+    ("routerbenc", "dir", {}, r"unknown source 'routerbenc'; known sources: clinc150, csv, mooncake, ragpulse, "
+                             r"routellm, routerbench, servegen, sharegpt\. Did you mean 'routerbench'\?"),
     ("xyz", "dir", {}, r"unknown source 'xyz'; known sources: .*sharegpt$"),
     ("clinc150", "dir", {"keep_othr": True},
      r"clinc150: unknown option 'keep_othr'; allowed: seed, limit, keep_other\. Did you mean 'keep_other'\?"),
@@ -401,3 +402,39 @@ def test_clinc150_malformed_item(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match=r"data_full\.json: split 'train' item 1 must be \[text, intent\]"):
         convert("clinc150", tmp_path, tmp_path / "o.jsonl")
 
+
+
+def test_csv_trace_converts_with_default_and_named_columns(tmp_path: Path) -> None:
+    src = tmp_path / "azure.csv"
+    src.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                   "2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:50.9951690,396,109\n"
+                   "2023-11-16 18:15:45.6805900,100,1\n")
+    summary = convert("csv", src, tmp_path / "azure.jsonl")
+    rows = read_jsonl(tmp_path / "azure.jsonl", "trace")
+    assert [(r.input_tokens, r.output_tokens) for r in rows] == [(100, 1), (374, 44), (396, 109)]
+    assert [r.timestamp_s for r in rows] == pytest.approx([0.0, 1.0, 5.314579])
+    assert all(r.prefix_hashes is None for r in rows) and json.dumps(summary)
+    custom = tmp_path / "custom.csv"
+    custom.write_text("arrive_ms,n_prompt,n_gen,other\n2500,10,2,x\n1000,20,3,y\n4000,30,4,z\n")
+    convert("csv", custom, tmp_path / "c.jsonl", timestamp_column="Arrive_ms", input_column="n_prompt",
+            output_column="n_gen", time_unit="ms", limit=2)
+    rows = read_jsonl(tmp_path / "c.jsonl", "trace")
+    assert [(r.timestamp_s, r.input_tokens, r.output_tokens) for r in rows] == [(0.0, 20, 3), (1.5, 10, 2)]
+
+
+CSV_ERRORS = [
+    ("time,prompt,output_tokens\n0.5,10,2\n", {}, r"x\.csv: no input column; expected one of context_tokens"),
+    ("time,n,output_tokens\n0.5,10,2\n", {"input_column": "tokens_in"}, r"no input column; expected one of tokens_in; header is"),
+    ("time,input_tokens,output_tokens\n0.5,10,2\nsoon,1,1\n", {}, r"x\.csv:3: cannot parse"),
+    ("time,input_tokens,output_tokens\n0.5,-10,2\n", {}, r"x\.csv:2: timestamp must be finite and token counts >= 0"),
+    ("time,input_tokens,output_tokens\n", {}, r"x\.csv: the CSV trace has no rows"),
+    ("time,input_tokens,output_tokens\n1,1,1\n", {"time_unit": "h"}, r"csv: time_unit must be one of s, ms, us"),
+]
+
+
+@pytest.mark.parametrize(("content", "options", "message"), CSV_ERRORS)
+def test_csv_trace_errors_name_the_problem(tmp_path: Path, content: str, options: dict[str, Any],
+                                           message: str) -> None:
+    (tmp_path / "x.csv").write_text(content)
+    with pytest.raises(DataFormatError, match=message):
+        convert("csv", tmp_path / "x.csv", tmp_path / "x.jsonl", **options)

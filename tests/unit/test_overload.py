@@ -55,7 +55,7 @@ def log(tmp_path: Path) -> DecisionLogWriter:
 
 
 def _guard(bundle: Bundle, action: str, clock: Clock, scorer: Any = None) -> OverloadGuard:
-    models = Router(bundle).config.model_names
+    models = bundle.manifest.router.model_names
     return OverloadGuard(OverloadConfig(action=action, slo_ttft_ms=SLO_MS, stale_after_s=5.0),  # type: ignore[arg-type]
                          replicas={m: 1 for m in models}, slots={m: 4 for m in models}, scorer=scorer, clock=clock)
 
@@ -69,8 +69,10 @@ def _chat(core: GatewayCore, text: str = PROMPT, **extra: object) -> Reply:
     return asyncio.run(core.chat(json.dumps(body).encode("utf-8")))
 
 
-def _expected_decision(bundle: Bundle, log: DecisionLogWriter):  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module")
+def expected(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The decision a fresh ``GatewayCore(seed=0)`` makes for PROMPT (same router, same rng stream)."""
+    log = DecisionLogWriter(tmp_path_factory.mktemp("expected"), prefix="d", flush_rows=1000, flush_s=3600.0)
     core = GatewayCore(Router(bundle), log, FakeCaller(), seed=0)
     request, _ = core._request({"messages": [{"role": "user", "content": PROMPT}]}, DEFAULT_TENANT)
     return core._decide(core.arm, request, None)
@@ -96,7 +98,7 @@ def test_reject_is_a_logged_429_with_retry_after(bundle: Bundle, log: DecisionLo
     assert first.status == 200
     served = first.body["model"]
     assert guard.verdict(served, ReplicaRequest(10)).overloaded
-    for m in core.router.config.model_names:
+    for m in bundle.manifest.router.model_names:
         guard.observe(m, f"{m}#r1", BUSY)
     reply = _chat(core)
     assert reply.status == 429 and reply.body["error"]["type"] == "overloaded_error"
@@ -108,14 +110,13 @@ def test_reject_is_a_logged_429_with_retry_after(bundle: Bundle, log: DecisionLo
     assert rejected["error"].startswith("overloaded") and rejected["latency_ms"] is None
 
 
-def test_next_model_moves_to_the_next_ranked_model_logged_as_overload(bundle: Bundle,
-                                                                      log: DecisionLogWriter) -> None:
-    expected = _expected_decision(bundle, log)
+def test_next_model_moves_to_the_next_ranked_model_logged_as_overload(bundle: Bundle, log: DecisionLogWriter,
+                                                                      expected: Any) -> None:
     order = failover_order(expected, 3)
     assert len(order) >= 2, "the test needs a decision with an alternative"
     clock = Clock()
     guard = _guard(bundle, "next_model", clock)
-    for m in Router(bundle).config.model_names:
+    for m in bundle.manifest.router.model_names:
         guard.observe(m, f"{m}#r1", BUSY if m == expected.model else IDLE)
     caller = FakeCaller()
     reply = _chat(_core(bundle, log, guard, caller))
@@ -131,7 +132,7 @@ def test_next_model_moves_to_the_next_ranked_model_logged_as_overload(bundle: Bu
 def test_next_model_rejects_when_every_ranked_model_is_overloaded(bundle: Bundle, log: DecisionLogWriter) -> None:
     clock = Clock()
     guard = _guard(bundle, "next_model", clock)
-    for m in Router(bundle).config.model_names:
+    for m in bundle.manifest.router.model_names:
         guard.observe(m, f"{m}#r1", BUSY)
     caller = FakeCaller()
     reply = _chat(_core(bundle, log, guard, caller))
@@ -150,18 +151,22 @@ def test_pinned_model_is_rejected_not_moved(bundle: Bundle, log: DecisionLogWrit
 def test_stale_stats_are_ignored(bundle: Bundle, log: DecisionLogWriter) -> None:
     clock = Clock()
     guard = _guard(bundle, "reject", clock)
-    for m in Router(bundle).config.model_names:
+    for m in bundle.manifest.router.model_names:
         guard.observe(m, f"{m}#r1", BUSY)
     clock.t += 5.1  # older than stale_after_s = 5
     caller = FakeCaller()
     reply = _chat(_core(bundle, log, guard, caller))
     assert reply.status == 200 and len(caller.calls) == 1
+    # a snapshot taken long before its reply arrived is as old as its ``ts``
+    guard.observe("large", "large#r1", {**BUSY, "ts": clock.t - 6.0})
+    assert guard.board.fresh("large", 5.0) == []
+    guard.observe("large", "large#r1", {**BUSY, "ts": clock.t - 1.0})
+    assert guard.verdict("large", ReplicaRequest(10)).overloaded
 
 
-def test_no_overload_leaves_the_decision_untouched(bundle: Bundle, log: DecisionLogWriter) -> None:
-    expected = _expected_decision(bundle, log)
+def test_no_overload_leaves_the_decision_untouched(bundle: Bundle, log: DecisionLogWriter, expected: Any) -> None:
     guard = _guard(bundle, "next_model", Clock())
-    for m in Router(bundle).config.model_names:
+    for m in bundle.manifest.router.model_names:
         guard.observe(m, f"{m}#r1", IDLE)
     reply = _chat(_core(bundle, log, guard, FakeCaller()))
     t = reply.body["turnout"]
@@ -170,7 +175,7 @@ def test_no_overload_leaves_the_decision_untouched(bundle: Bundle, log: Decision
                                                           pytest.approx(expected.propensity))
 
 
-def test_a_replica_without_stats_keeps_the_model_open(bundle: Bundle) -> None:
+def test_a_replica_without_stats_keeps_the_model_open() -> None:
     clock = Clock()
     guard = OverloadGuard(OverloadConfig(action="reject", slo_ttft_ms=SLO_MS), replicas={"large": 2},
                           slots={"large": 4}, clock=clock)
@@ -213,6 +218,38 @@ def test_config_section(configs_dir: Path) -> None:
                                       "overload": {"action": "next_model", "slo_ttft_ms": 800}})
     assert cfg.overload.action == "next_model" and cfg.overload.stale_after_s == 10.0
     assert ServeConfig.model_validate({"bundle": "b", "log_dir": "l"}).overload.action == "off"
+    assert ServeConfig.model_validate({"bundle": "b", "log_dir": "l", "overload": {"action": False}}).overload.action == "off"
     assert load_serve_config(configs_dir / "serve.yaml").overload.slo_ttft_ms > 0
     with pytest.raises(ValueError, match="action"):
         ServeConfig.model_validate({"bundle": "b", "log_dir": "l", "overload": {"action": "drop"}})
+    with pytest.raises(ValueError, match="min_retry_after_s"):
+        OverloadConfig(min_retry_after_s=30, max_retry_after_s=10)
+
+
+def test_build_guard_from_the_serve_config(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from serving.overload import build_overload_guard
+    from training.replica_eval import train_quick_scorer
+
+    base = {"bundle": "b", "log_dir": "l", "base_dir": str(tmp_path), "models": {"num_replicas": 1},
+            "model_overrides": {"large": {"num_replicas": 3, "max_ongoing_requests": 8}}}
+    assert build_overload_guard(ServeConfig.model_validate(base), ["small", "large"]) is None  # off by default
+    on = {**base, "overload": {"action": "reject", "slo_ttft_ms": SLO_MS}}
+    guard = build_overload_guard(ServeConfig.model_validate(on), ["small", "large"])
+    assert guard is not None and guard.scorer is None
+    assert (guard.replicas, guard.slots) == ({"small": 1, "large": 3}, {"small": 32, "large": 8})
+    # learned replica routing with a broken model dir: logged, queue estimate, the gateway still starts
+    broken = {**on, "replica_routing": {"kind": "learned", "model": "missing"}}
+    with caplog.at_level("ERROR"):
+        assert build_overload_guard(ServeConfig.model_validate(broken), ["small"]).scorer is None  # type: ignore[union-attr]
+    assert "cannot load the replica scorer" in caplog.text
+    train_quick_scorer(tmp_path / "rm", n_requests=600)
+    learned = build_overload_guard(ServeConfig.model_validate(
+        {**on, "replica_routing": {"kind": "learned", "model": "rm"}}), ["small"])
+    assert learned is not None and learned.scorer is not None
+    engine = {"num_ongoing": 30, "num_waiting": 40, "running_tokens": 390_000, "waiting_tokens": 500_000,
+              "kv_used_frac": 0.97, "kv_capacity_tokens": 400_000, "step_ms": 150.0}
+    learned.observe("small", "small#r1", engine)
+    (pred,) = learned.predicted_ttft_ms("small", ReplicaRequest(2000))  # type: ignore[misc]
+    x = np.array([[30, 40, 390_000, 500_000, 0.97, 10_000, 150.0, 2000, 0, 2000, 502_000, 502_000 * 0.15]],
+                 dtype=np.float32)
+    assert pred == pytest.approx(1000.0 * math.exp(float(learned.scorer.predict(x)[0])), rel=1e-5)

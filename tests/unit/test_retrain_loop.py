@@ -27,12 +27,15 @@ def _ope(est: float, lo: float, hi: float) -> dict:
 
 
 def test_agreement_inside_outside_and_missing_ci() -> None:
-    ope = {"quality": _ope(0.05, 0.03, 0.07), "cost_usd": _ope(-1e-3, -2e-3, 0.0)}
+    ope = {"quality": _ope(0.05, 0.03, 0.07), "cost_usd": _ope(-1e-3, -1.2e-3, -0.8e-3)}
     ab = {"quality": {"estimate": 0.04, "ci_low": 0.01, "ci_high": 0.06},
           "cost_usd": {"estimate": 1e-3, "ci_low": 5e-4, "ci_high": 2e-3}}
     a = agreement(ope, ab)
-    assert a["quality"]["ope_inside_ab_ci"] and a["quality"]["cis_overlap"]
-    assert not a["cost_usd"]["ope_inside_ab_ci"] and not a["cost_usd"]["cis_overlap"]
+    assert a["quality"]["ope_inside_ab_ci"] and a["quality"]["cis_overlap"] and a["quality"]["consistent"]
+    assert not a["cost_usd"]["ope_inside_ab_ci"] and not a["cost_usd"]["cis_overlap"] and not a["cost_usd"]["consistent"]
+    # OPE point just outside the A/B CI, but the gap is well within the noise of both estimates
+    near = agreement({"quality": _ope(0.021, 0.003, 0.039)}, {"quality": {"estimate": 0.004, "ci_low": -0.011, "ci_high": 0.019}})
+    assert not near["quality"]["ope_inside_ab_ci"] and near["quality"]["consistent"]
     b = agreement(ope, {"quality": {"estimate": 0.0, "ci_low": None, "ci_high": None}})
     assert not b["quality"]["ope_inside_ab_ci"] and not b["cost_usd"]["ope_inside_ab_ci"]
     # cache hits/fallbacks cannot differ between arms: a diluted A/B effect agrees once OPE is scaled
