@@ -100,38 +100,10 @@ class Router:
         """``model_load[m]`` = in-flight requests / capacity of model ``m``'s deployment (1.0 = full);
         it only relaxes the cache threshold for an overloaded answering model (see the module doc)."""
         t0 = time.perf_counter()
-        cfg = self.config
         probs, ood = self._classify(request.prompt)
-        finite = probs is not None
-        if probs is None:  # unusable classifier output: fallback, with no category evidence
-            probs = np.zeros(len(cfg.taxonomy), dtype=np.float32)
-        top = int(np.argmax(probs))
-        category, confidence = cfg.taxonomy[top], float(probs[top])
-        features = featurize(request.prompt, probs, request.n_turns)
-        fallback = not finite or ood or confidence < cfg.min_confidence
-        tier: CacheTier = "skip" if fallback else self.cache.policy.for_category(category).tier
-        if tier != "skip" and not self.cache.cacheable(request.prompt):
-            tier = "skip"  # empty or huge prompts skip the cache
-        common: dict[str, Any] = dict(
-            request_id=request.request_id, category=category, category_probs=tuple(probs.tolist()),
-            confidence=confidence, ood=ood, fallback=fallback, cache_tier=tier, cache_hit=None,
-            features=tuple(features.tolist()), bundle_version=self.version)
-        pref = preference or request.preference or cfg.preference
-        chosen: Decision | None = None
-        load: float | None = None
-        if tier != "skip" and model_load and self.cache.policy.load_adaptation.fraction(max(model_load.values())) > 0:
-            chosen = self._choose_safely(category, features, common, t0, rng, pref)
-            load = model_load.get(chosen.model)
-        hit = self._lookup(request, category, tier, now_s, load) if tier != "skip" else None
-        if hit is not None:
-            self._embeddings.pop(request.request_id, None)
-            return Decision(**{**common, "cache_hit": hit}, model=hit.model, candidates=(hit.model,),
-                            action_probs=(1.0,), propensity=1.0, policy="cache", decision_ms=_ms(t0))
-        if chosen is not None:
-            return replace(chosen, decision_ms=_ms(t0))
-        if fallback:
-            return self._fallback(common, t0)
-        return self._choose_safely(category, features, common, t0, rng, pref)
+        features = featurize(request.prompt, self._probs_or_zeros(probs), request.n_turns)
+        return self._decide_classified(request, probs, ood, features, None, t0, now_s=now_s, rng=rng,
+                                       preference=preference, model_load=model_load)
 
     def decide_batch(self, requests: Sequence[Request], *, now_s: float, rng: np.random.Generator,
                      preference: Preference | None = None,
@@ -144,46 +116,50 @@ class Router:
         For throughput (replay, offline evaluation, a batching gateway); ``decide`` stays the
         per-request path."""
         t0 = time.perf_counter()
-        cfg = self.config
         classified = self._classify_batch([r.prompt for r in requests])
-        features = [featurize(r.prompt, probs if probs is not None else np.zeros(len(cfg.taxonomy), dtype=np.float32),
-                              r.n_turns) for r, (probs, _) in zip(requests, classified)]
+        features = [featurize(r.prompt, self._probs_or_zeros(probs), r.n_turns)
+                    for r, (probs, _) in zip(requests, classified)]
         heads_all = self._heads_batch(features, classified)
-        out = []
-        for i, request in enumerate(requests):
-            probs, ood = classified[i]
-            finite = probs is not None
-            if probs is None:
-                probs = np.zeros(len(cfg.taxonomy), dtype=np.float32)
-            top = int(np.argmax(probs))
-            category, confidence = cfg.taxonomy[top], float(probs[top])
-            fallback = not finite or ood or confidence < cfg.min_confidence
-            tier: CacheTier = "skip" if fallback else self.cache.policy.for_category(category).tier
-            if tier != "skip" and not self.cache.cacheable(request.prompt):
-                tier = "skip"
-            common: dict[str, Any] = dict(
-                request_id=request.request_id, category=category, category_probs=tuple(probs.tolist()),
-                confidence=confidence, ood=ood, fallback=fallback, cache_tier=tier, cache_hit=None,
-                features=tuple(features[i].tolist()), bundle_version=self.version)
-            pref = preference or request.preference or cfg.preference
-            heads = heads_all[i] if heads_all is not None else None
-            chosen: Decision | None = None
-            load: float | None = None
-            if tier != "skip" and model_load and self.cache.policy.load_adaptation.fraction(max(model_load.values())) > 0:
-                chosen = self._choose_safely(category, features[i], common, t0, rng, pref, heads)
-                load = model_load.get(chosen.model)
-            hit = self._lookup(request, category, tier, now_s, load) if tier != "skip" else None
-            if hit is not None:
-                self._embeddings.pop(request.request_id, None)
-                out.append(Decision(**{**common, "cache_hit": hit}, model=hit.model, candidates=(hit.model,),
-                                    action_probs=(1.0,), propensity=1.0, policy="cache", decision_ms=_ms(t0)))
-            elif chosen is not None:
-                out.append(replace(chosen, decision_ms=_ms(t0)))
-            elif fallback:
-                out.append(self._fallback(common, t0))
-            else:
-                out.append(self._choose_safely(category, features[i], common, t0, rng, pref, heads))
-        return out
+        return [self._decide_classified(request, probs, ood, features[i], heads_all[i] if heads_all else None, t0,
+                                        now_s=now_s, rng=rng, preference=preference, model_load=model_load)
+                for i, (request, (probs, ood)) in enumerate(zip(requests, classified))]
+
+    def _probs_or_zeros(self, probs: np.ndarray | None) -> np.ndarray:
+        """An unusable classifier output carries no category evidence: all-zero probabilities."""
+        return probs if probs is not None else np.zeros(len(self.config.taxonomy), dtype=np.float32)
+
+    def _decide_classified(self, request: Request, probs: np.ndarray | None, ood: bool, features: np.ndarray,
+                           heads: HeadPredictions | None, t0: float, *, now_s: float, rng: np.random.Generator,
+                           preference: Preference | None, model_load: Mapping[str, float] | None) -> Decision:
+        """Everything after classification, shared by ``decide`` and ``decide_batch``: fallback rule,
+        cache tier and lookup (order set by load adaptation, see the module doc), model choice."""
+        cfg = self.config
+        finite = probs is not None
+        probs = self._probs_or_zeros(probs)
+        top = int(np.argmax(probs))
+        category, confidence = cfg.taxonomy[top], float(probs[top])
+        fallback = not finite or ood or confidence < cfg.min_confidence
+        tier: CacheTier = "skip" if fallback else self.cache.policy.for_category(category).tier
+        if tier != "skip" and not self.cache.cacheable(request.prompt):
+            tier = "skip"  # empty or huge prompts skip the cache
+        common: dict[str, Any] = dict(
+            request_id=request.request_id, category=category, category_probs=tuple(probs.tolist()),
+            confidence=confidence, ood=ood, fallback=fallback, cache_tier=tier, cache_hit=None,
+            features=tuple(features.tolist()), bundle_version=self.version)
+        pref = preference or request.preference or cfg.preference
+        chosen: Decision | None = None
+        load: float | None = None
+        if tier != "skip" and model_load and self.cache.policy.load_adaptation.fraction(max(model_load.values())) > 0:
+            chosen = self._choose_safely(category, features, common, t0, rng, pref, heads)
+            load = model_load.get(chosen.model)
+        hit = self._lookup(request, category, tier, now_s, load) if tier != "skip" else None
+        if hit is not None:
+            self._embeddings.pop(request.request_id, None)
+            return Decision(**{**common, "cache_hit": hit}, model=hit.model, candidates=(hit.model,),
+                            action_probs=(1.0,), propensity=1.0, policy="cache", decision_ms=_ms(t0))
+        if chosen is not None:
+            return replace(chosen, decision_ms=_ms(t0))
+        return self._choose_safely(category, features, common, t0, rng, pref, heads)
 
     def _classify_batch(self, prompts: Sequence[str]) -> list[tuple[np.ndarray | None, bool]]:
         """``_classify`` for many prompts: one call when the classifier is row-separable, else (or when

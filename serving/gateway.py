@@ -16,9 +16,11 @@ import asyncio
 import inspect
 import json
 import math
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -280,42 +282,16 @@ class GatewayCore:
         return self.breakers[model]
 
     async def _call_with_failover(self, call: _Call) -> tuple[ModelReply, str]:
-        deadline = self.clock() + self.failover.deadline_s
-        errors: list[str] = []
-        last_status = 503  # every circuit open
-        d = call.decision
-        for model in failover_order(d, self.failover.max_models):
-            breaker = self._breaker(model)
-            if not breaker.allow():
-                errors.append(f"{model}: circuit open")
-                continue
-            for _ in range(self.failover.attempts_per_model):
-                remaining = deadline - self.clock()
-                if remaining <= 0:
-                    raise BackendError(_joined(errors + [f"deadline of {self.failover.deadline_s}s exceeded"]), status=504)
-                self.inflight[model] += 1
-                try:
-                    reply = await asyncio.wait_for(self.call_model(model, call.body, d.category), remaining)
-                except TimeoutError:
-                    err = BackendError(f"{model} did not answer within the {self.failover.deadline_s}s deadline", status=504)
-                except BackendError as e:
-                    err = e
-                else:
-                    breaker.record_success()
-                    self._observe(model, reply)
-                    if model != d.model:
-                        self.metrics.failover(d.model, model)
-                    return reply, model
-                finally:
-                    self.inflight[model] -= 1
-                errors.append(f"{model}: {err}")
-                last_status = err.status
-                if not err.retryable:
-                    raise BackendError(_joined(errors), status=err.status, retryable=False)
-                breaker.record_failure()
-                if breaker.state != "closed":
-                    break
-        raise BackendError(_joined(errors) or "no model available", status=last_status)
+        """The non-streaming call: ``_stream_with_failover``'s loop over a one-item stream (the whole
+        reply), so the deadline, retries, circuit breakers and failover order live in one place."""
+        async def whole(model: str, body: dict[str, Any], category: str) -> AsyncIterator[Any]:
+            yield await self.call_model(model, body, category)
+
+        async with aclosing(self._stream_with_failover(call, whole)) as attempts:
+            async for model, reply in attempts:
+                self._observe(model, reply)
+                return reply, model
+        raise BackendError("no model answered")  # unreachable: the loop yields or raises
 
     # --- streaming -------------------------------------------------------------------------------------
 
@@ -385,9 +361,12 @@ class GatewayCore:
             if call.logged is None:
                 self._log(call, None, served, error=error or "stream ended early")
 
-    async def _stream_with_failover(self, call: _Call) -> AsyncIterator[tuple[str, Any]]:
-        """(model, item) pairs; a model is abandoned for the next one only before its first item."""
-        streamer = self._streamer()
+    async def _stream_with_failover(self, call: _Call, streamer: ModelStreamer | None = None
+                                    ) -> AsyncIterator[tuple[str, Any]]:
+        """(model, item) pairs; a model is abandoned for the next one only before its first item. Within
+        ``failover.deadline_s``: models in ``failover_order``, skipping open circuits, up to
+        ``attempts_per_model`` tries each for retryable errors; a non-retryable error ends it."""
+        streamer = streamer or self._streamer()
         deadline = self.clock() + self.failover.deadline_s
         errors: list[str] = []
         last_status = 503  # every circuit open
@@ -407,7 +386,7 @@ class GatewayCore:
                     try:
                         first = await asyncio.wait_for(agen.__anext__(), remaining)
                     except TimeoutError:
-                        err = BackendError(f"{model} sent nothing within the {self.failover.deadline_s}s deadline",
+                        err = BackendError(f"{model} did not answer within the {self.failover.deadline_s}s deadline",
                                            status=504)
                     except StopAsyncIteration:
                         err = BackendError(f"{model} sent an empty stream")
@@ -540,7 +519,8 @@ class GatewayCore:
         if bundle is not None and (not isinstance(bundle, str) or not bundle):
             return error_reply(400, "'bundle' must be a non-empty path string", "bundle")
         path = bundle or next(a.bundle for a in self.arms if a.name == arm)
-        old = self.routers[arm].version
+        previous = self.routers[arm]
+        old = previous.version
         try:
             router = verify_router(path, self.deployed_models, self.build_router)
         except ArtifactError as e:
@@ -548,6 +528,11 @@ class GatewayCore:
             return error_reply(409, f"bundle refused, arm {arm!r} keeps serving {old!r}: {e}", "bundle",
                                kind="bundle_error")
         self.routers[arm] = router  # atomic: in-flight requests finish on the old router
+        # The old router's cache (Redis follower thread, connections) closes once requests that may still
+        # ``remember`` into it are past their deadline.
+        closer = threading.Timer(self.failover.deadline_s + 1.0, previous.cache.close)
+        closer.daemon = True
+        closer.start()
         if bundle is not None:
             self.arms = tuple(replace_arm(a, path) if a.name == arm else a for a in self.arms)
             self.watchers[arm] = BundleWatcher(path)
