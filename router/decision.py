@@ -19,6 +19,7 @@ last user turn once per request; with an ``encoder`` classifier the classifier's
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -279,10 +280,15 @@ class Router:
 
 
 def cache_context(request: Request) -> str:
-    """Everything but the last user turn (system prompt, earlier turns): a cached answer is reused
-    only under exactly the same context."""
+    """Everything but the last user turn (system prompt, earlier turns) and the generation parameters
+    (``max_tokens``, ``temperature``, ``response_format``, ...): a cached answer is reused only under
+    exactly the same context. JSON, so no message content can imitate a role boundary."""
     last = max((i for i, m in enumerate(request.messages) if m.role == "user"), default=-1)
-    return "\n".join(f"{m.role}: {m.content}" for i, m in enumerate(request.messages) if i != last)
+    earlier = [[m.role, m.content] for i, m in enumerate(request.messages) if i != last]
+    if not earlier and not request.generation:
+        return ""
+    return json.dumps({"messages": earlier, "generation": request.generation}, ensure_ascii=False,
+                      separators=(",", ":"))
 
 
 def _ms(t0: float) -> float:

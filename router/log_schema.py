@@ -314,7 +314,8 @@ def join_feedback(logs: pa.Table, feedback: pa.Table) -> pa.Table:
     """Override ``quality`` with the latest feedback per request_id (max ``timestamp_s``).
 
     Rows without feedback keep their logged quality; feedback for unknown request ids is ignored.
-    Ties on timestamp keep the row written last. Returns the logs with the same schema and row order.
+    Exact timestamp ties keep the row read last (shards in file-name order, not write order).
+    Returns the logs with the same schema and row order.
     """
     if feedback.num_rows == 0 or logs.num_rows == 0:
         return logs

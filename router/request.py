@@ -29,6 +29,7 @@ class Request:
     user_id: str = ""
     max_tokens: int | None = None
     preference: Preference | None = None
+    generation: str = ""  # canonical JSON of the parameters that shape the answer (max_tokens, temperature, ...)
 
     @property
     def prompt(self) -> str:

@@ -206,7 +206,11 @@ class Gateway:
         if self.cfg.epsilon is not None:
             router_cfg = router_cfg.model_copy(update={"exploration": router_cfg.exploration.model_copy(
                 update={"epsilon": self.cfg.epsilon})})
-        return Router(bundle, config=router_cfg, cache_store=self.cfg.cache_store)
+        # Redis entries are scoped by bundle version: arms never serve each other's answers (an A/B stays
+        # clean) and a reloaded bundle never adopts vectors from another bundle's embedder.
+        store = self.cfg.cache_store.model_copy(
+            update={"key_prefix": f"{self.cfg.cache_store.key_prefix}{bundle.version}:"})
+        return Router(bundle, config=router_cfg, cache_store=store)
 
     async def _call_model(self, model: str, body: dict[str, Any], category: str) -> ModelReply:
         try:

@@ -112,6 +112,7 @@ def _float_or(value: Any, default: float, hi: float = 1.0) -> float:
 
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+CLIENT_STATUSES = frozenset({400, 413, 422})  # upstream answers that mean "this request is invalid"
 
 
 class OpenAIUpstream:
@@ -166,8 +167,11 @@ class OpenAIUpstream:
             if resp.status_code >= 400:
                 text = (await resp.aread()).decode("utf-8", "replace")[:200]
                 await resp.aclose()
+                # the upstream refused this request (too many tokens, bad parameter): the client's mistake
+                # -> 400, except an upstream auth/config failure (401/403/404 on our key or model name) -> 502
+                status = 400 if resp.status_code in CLIENT_STATUSES else 502
                 raise BackendError(f"upstream {self.upstream_model} answered {resp.status_code}: {text}",
-                                   retryable=False)
+                                   status=status, retryable=False)
             return resp
         status = 504 if last.startswith("timed out") else 502
         raise BackendError(f"upstream {self.upstream_model} {last} (after {self.retry.attempts} attempts)", status=status)

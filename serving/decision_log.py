@@ -2,16 +2,20 @@
 
 Records are buffered and written as one shard when ``flush_rows`` accumulate or the oldest buffered
 record is ``flush_s`` old (checked on every append and by the gateway's periodic flush), and on
-``close()``. A clean stop loses nothing; a crash loses at most the buffer.
+``close()``. A clean stop loses nothing; a crash loses at most the buffer. A failed write keeps the
+records for the next flush and is logged: an answered request never fails because of its log.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
 
 from router.log_schema import LogRecord, write_shard
+
+_LOG = logging.getLogger("turnout.decision_log")
 
 
 class DecisionLogWriter:
@@ -24,6 +28,7 @@ class DecisionLogWriter:
         self._oldest_s: float | None = None
         self._lock = threading.Lock()
         self.n_written = 0
+        self.n_failed_writes = 0
 
     def append(self, record: LogRecord) -> None:
         with self._lock:
@@ -42,7 +47,16 @@ class DecisionLogWriter:
             batch, self._buffer, self._oldest_s = self._buffer, [], None
         if not batch:
             return None
-        path = write_shard(batch, self.out_dir, prefix=self.prefix)
+        try:
+            path = write_shard(batch, self.out_dir, prefix=self.prefix)
+        except Exception as e:  # disk full, log_dir unusable: keep the records, never fail the request
+            with self._lock:
+                self._buffer[:0] = batch
+                self._oldest_s = time.monotonic()
+            self.n_failed_writes += 1
+            _LOG.error("decision log write to %s failed (%s: %s); %d records kept in memory, retried at the "
+                       "next flush", self.out_dir, type(e).__name__, e, len(self._buffer))
+            return None
         self.n_written += len(batch)
         return path
 

@@ -46,6 +46,9 @@ from serving.tenants import DEFAULT_TENANT, AuthError, TenantDirectory, retry_af
 ModelCaller = Callable[[str, dict[str, Any], str], Awaitable[ModelReply]]
 # yields text deltas (str), then exactly one ModelReply
 ModelStreamer = Callable[[str, dict[str, Any], str], AsyncIterator[Any]]
+# body keys that do not change the answer; every other key (max_tokens, temperature, response_format,
+# tools, ...) is part of the cache context, so an answer is only reused for the same parameters
+NOT_GENERATION_KEYS = frozenset({"messages", "model", "stream", "stream_options", "user", "metadata"})
 AUTO_MODELS = ("auto", "turnout", "")
 MAX_REQUEST_ID = 128
 MAX_HEADER_BYTES = 32 * 1024  # all request headers together; more is a 431, not a 5xx or a slow parse
@@ -209,12 +212,13 @@ class GatewayCore:
         except BackendError as e:
             self._log(call, None, d.model, error=str(e))
             self.metrics.error("upstream", d.model)
-            return error_reply(e.status, f"model {d.model!r} failed: {e}", kind="upstream_error")
+            return error_reply(e.status, f"model {d.model!r} failed: {e}",
+                               kind="invalid_request_error" if e.status < 500 else "upstream_error")
         except asyncio.CancelledError:
             self._log(call, None, d.model, error="cancelled")
             self.metrics.error("cancelled", d.model)
             raise
-        self._learn(call, reply, served)
+        await self._learn(call, reply, served)
         return self._answer(call, reply.result.text, reply, served)
 
     def _decide(self, arm: str, request: Request, pinned: str | None) -> Decision:
@@ -267,12 +271,15 @@ class GatewayCore:
         """This gateway's in-flight requests per model / the model deployment's capacity (contract 2)."""
         return {m: self.inflight[m] / cap for m, cap in self.capacity.items() if cap > 0}
 
-    def _learn(self, call: _Call, reply: ModelReply, served: str) -> None:
+    async def _learn(self, call: _Call, reply: ModelReply, served: str) -> None:
         router = self.routers.get(call.arm)
         if router is None or router.version != call.decision.bundle_version:
             return  # the arm was reloaded meanwhile; do not teach the new router about the old decision
         if served == call.decision.model:
-            router.remember(call.request, call.decision, reply.result.text, call.now)
+            if call.decision.cache_tier == "semantic":  # an insert may rebuild an ANN index: off the event loop
+                await asyncio.to_thread(router.remember, call.request, call.decision, reply.result.text, call.now)
+            else:
+                router.remember(call.request, call.decision, reply.result.text, call.now)
             if reply.result.quality is not None:
                 router.observe(call.decision, reply.result.quality)
 
@@ -346,7 +353,7 @@ class GatewayCore:
                     reply = ModelReply(BackendResult(text, estimate_tokens(text), 0.0, 0.0), "unknown", {})
                 elif reply.result.text != text:
                     reply = replace(reply, result=replace(reply.result, text=text))
-                self._learn(call, reply, served)
+                await self._learn(call, reply, served)
             record = self._log(call, reply, served)
             out = record.output_tokens or 0
             yield chunk({}, "stop", usage={"prompt_tokens": call.request.input_tokens, "completion_tokens": out,
@@ -379,6 +386,7 @@ class GatewayCore:
             for _ in range(self.failover.attempts_per_model):
                 remaining = deadline - self.clock()
                 if remaining <= 0:
+                    breaker.release()
                     raise BackendError(_joined(errors + [f"deadline of {self.failover.deadline_s}s exceeded"]), status=504)
                 agen = streamer(model, call.body, d.category)
                 self.inflight[model] += 1
@@ -392,6 +400,9 @@ class GatewayCore:
                         err = BackendError(f"{model} sent an empty stream")
                     except BackendError as e:
                         err = e
+                    except BaseException:  # cancelled by the client: no verdict on the upstream
+                        breaker.release()
+                        raise
                     else:
                         breaker.record_success()
                         if model != d.model:
@@ -405,7 +416,8 @@ class GatewayCore:
                     await agen.aclose()
                 errors.append(f"{model}: {err}")
                 last_status = err.status
-                if not err.retryable:
+                if not err.retryable:  # the request itself was refused: says nothing about the upstream
+                    breaker.release()
                     raise BackendError(_joined(errors), status=err.status, retryable=False)
                 breaker.record_failure()
                 if breaker.state != "closed":
@@ -427,10 +439,15 @@ class GatewayCore:
         user = body.get("user", "")
         if not isinstance(user, str):
             raise RequestError(f"'user' must be a string; got {type(user).__name__}", field="user")
+        meta = body.get("metadata")
+        if meta is not None and not isinstance(meta, dict):
+            raise RequestError(f"'metadata' must be an object; got {type(meta).__name__}", field="metadata")
         max_tokens = body.get("max_tokens")
         if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
             raise RequestError(f"'max_tokens' must be a positive integer; got {max_tokens!r}", field="max_tokens")
-        return (Request(messages=messages, tenant=tenant, user_id=user, max_tokens=max_tokens),
+        generation = {k: v for k, v in body.items() if k not in NOT_GENERATION_KEYS}
+        return (Request(messages=messages, tenant=tenant, user_id=user, max_tokens=max_tokens,
+                        generation=json.dumps(generation, sort_keys=True, ensure_ascii=False) if generation else ""),
                 None if model in AUTO_MODELS else model)
 
     def _turnout(self, call: _Call, record: LogRecord | None, reply: ModelReply | None, served: str) -> dict[str, Any]:

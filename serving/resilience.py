@@ -55,6 +55,7 @@ class CircuitBreaker:
         self.failures = 0
         self.opened_at: float | None = None
         self._trial_out = False
+        self._trial_at = 0.0
 
     @property
     def state(self) -> Literal["closed", "open", "half_open"]:
@@ -66,10 +67,17 @@ class CircuitBreaker:
         state = self.state
         if state == "closed":
             return True
-        if state == "half_open" and not self._trial_out:
-            self._trial_out = True
+        now = self.clock()
+        # one trial at a time; a trial that never reported (cancelled, lost) expires after reset_after_s
+        if state == "half_open" and (not self._trial_out or now - self._trial_at >= self.config.reset_after_s):
+            self._trial_out, self._trial_at = True, now
             return True
         return False
+
+    def release(self) -> None:
+        """The call ended without a verdict on the upstream's health (client cancelled, client-caused
+        4xx): free the half-open trial slot without closing or re-opening the circuit."""
+        self._trial_out = False
 
     def record_success(self) -> None:
         self.failures, self.opened_at, self._trial_out = 0, None, False

@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 
 from router.bundle import Bundle, load_bundle, write_bundle
 from router.classifier import CategoryClassifier
-from router.errors import LogSchemaError
+from router.errors import ConfigError, LogSchemaError
 from router.log_schema import NOT_DRAWN_POLICIES
 from training.bundle_builder import bandit_rows, fit_classifier, labelled_from_logs, logged_bandit
 from training.policy import FittedPolicy, PolicyTrainer, default_trainers, fit_policy
@@ -388,6 +388,10 @@ def retrain(logs: str | Path, current: str | Path | Bundle, out: str | Path, *, 
     t0 = time.perf_counter()
     details: dict[str, Any] = {"backend": backend.name, "timings_s": timings, "settings": asdict(s)}
 
+    local = Path(logs) if "://" not in str(logs) else None
+    if local is not None and not (local.is_file() or (local.is_dir() and any(local.rglob("*.parquet")))):
+        # nothing to read is the caller's mistake (exit 2), not a "hold" a nightly job would shrug off
+        raise ConfigError(f"--logs {logs}: no Parquet shards (*.parquet) found")
     try:
         table = load_logs(str(logs), backend, step)
         guards = {"schema": Guard(True, f"{table.num_rows} records valid")}
@@ -443,7 +447,10 @@ def retrain(logs: str | Path, current: str | Path | Bundle, out: str | Path, *, 
     files.update(cache_files)
     files.update(replica_files)
     metrics = {**cur.manifest.metrics, "policy": policy.metrics,
-               "retrain": {"parent": cur.version, "category_mix": category_mix(train.column("category")),
+               # the mix of every record in the training time window (not only bandit rounds): the next
+               # run's drift guard compares it with the mix of every record it reads
+               "retrain": {"parent": cur.version,
+                           "category_mix": category_mix(time_split(table, s.holdout_frac)[0].column("category")),
                            "n_train": train.num_rows, "backend": backend.name}}
     if fitted_clf is not None:
         metrics["classifier"] = fitted_clf.metrics

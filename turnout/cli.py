@@ -295,6 +295,22 @@ def cmd_loop(a: argparse.Namespace) -> int:
     return 0 if result.get("agrees") else 1
 
 
+def _fraction(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    v = float(text)
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive); got {text}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="turnout", description="Learned query router and load balancer for LLM traffic.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -390,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     abr.add_argument("--weights", default=None, help="configured traffic split for the SRM check, e.g. a=0.5,b=0.5 "
                      "(default: equal)")
     abr.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
-    abr.add_argument("--bootstrap", type=int, default=1000, help="resamples for the latency p50 difference")
+    abr.add_argument("--bootstrap", type=_positive_int, default=1000, help="resamples for the latency p50 difference")
     abr.add_argument("--seed", type=int, default=0)
     abr.set_defaults(func=cmd_ab_report)
 
@@ -399,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     ope.add_argument("--bundle", required=True)
     ope.add_argument("--json", action="store_true", help="print JSON (the default and only format for now)")
     ope.add_argument("--out", default=None, help="also write the JSON report here")
-    ope.add_argument("--bootstrap", type=int, default=200)
+    ope.add_argument("--bootstrap", type=_positive_int, default=200)
     ope.add_argument("--seed", type=int, default=0)
     ope.set_defaults(func=cmd_ope)
 
@@ -412,11 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--json", action="store_true", help="print the outcome as JSON on stdout")
     rt.add_argument("--ray", action="store_true", help="run on a Ray cluster (Ray Data, Ray Train LightGBM, Ray tasks)")
     rt.add_argument("--ray-address", default=None, help="Ray address (default: auto-detect or start a local cluster)")
-    rt.add_argument("--holdout", type=float, default=0.3, help="newest share of rounds held out for OPE")
-    rt.add_argument("--bootstrap", type=int, default=200)
+    rt.add_argument("--holdout", type=_fraction, default=0.3, help="newest share of rounds held out for OPE")
+    rt.add_argument("--bootstrap", type=_positive_int, default=200)
     rt.add_argument("--min-improvement", type=float, default=0.0, help="promote iff the CI low of the DR utility gain exceeds this")
     rt.add_argument("--min-ess", type=float, default=100.0, help="minimum effective sample size for OPE")
-    rt.add_argument("--max-fit-rows", type=int, default=50_000, help="policy trees fit on at most this many rounds (uniform sample)")
+    rt.add_argument("--max-fit-rows", type=_positive_int, default=50_000, help="policy trees fit on at most this many rounds (uniform sample)")
     rt.add_argument("--keep-classifier", action="store_true", help="do not refit the classifier even if labels are logged")
     rt.add_argument("--refit-cache", action="store_true", help="also refit the cache policy (`turnout train cache`; "
                     "encodes every logged prompt, slow on large logs)")
@@ -449,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--test", required=True)
     er.add_argument("--out", required=True, help="REPORT.json")
     er.add_argument("--seed", type=int, default=0)
-    er.add_argument("--bootstrap", type=int, default=200)
+    er.add_argument("--bootstrap", type=_positive_int, default=200)
     er.set_defaults(func=cmd_eval_router)
     erp = esub.add_parser("replicas", help="replay a request trace over N simulated replicas under each policy")
     erp.add_argument("--trace", required=True, help="trace JSONL (turnout data convert mooncake|ragpulse|servegen) or CSV")
@@ -517,12 +533,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (RouterError, ValueError, FileNotFoundError) as e:
-        print(f"turnout: error: {e}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # e.g. `turnout ... | head`
         sys.stderr.close()
         return 0
+    except (RouterError, ValueError, OSError) as e:  # OSError: a path that exists as a file, no permission, ...
+        print(f"turnout: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -85,6 +85,7 @@ INVALID: list[tuple[str, object | bytes, int, str]] = [
     ("max-tokens-bool", _user(max_tokens=True), 400, "'max_tokens' must be a positive integer; got True"),
     ("stream-string", _user(stream="yes"), 400, "'stream' must be true or false; got 'yes'"),
     ("user-not-string", _user(user=5), 400, "'user' must be a string; got int"),
+    ("metadata-not-object", _user(metadata="x"), 400, "'metadata' must be an object; got str"),
     ("body-over-4mib", b'{"messages": "' + b"x" * (4 * 1024 * 1024) + b'"}', 413, "the limit is 4194304"),
 ]
 
@@ -190,6 +191,17 @@ def test_second_identical_request_is_a_cache_hit(bundle: Bundle, log: DecisionLo
     t = second.body["turnout"]
     assert (t["cache_hit"], t["policy"], t["propensity"], t["cost_usd"]) == (True, "cache", 1.0, 0.0)
     assert second.body["choices"][0]["message"]["content"] == first.body["choices"][0]["message"]["content"]
+
+
+def test_cached_answers_are_reused_only_under_the_same_generation_parameters(bundle: Bundle,
+                                                                            log: DecisionLogWriter) -> None:
+    caller = FakeCaller()
+    core = _core(bundle, log, caller)
+    assert _chat(core, _user(max_tokens=5)).body["turnout"]["cache_hit"] is False
+    other = _chat(core, _user(max_tokens=2000, temperature=1.5, response_format={"type": "json_object"}))
+    assert other.body["turnout"]["cache_hit"] is False and len(caller.calls) == 2  # a different answer is due
+    again = _chat(core, _user(temperature=1.5, response_format={"type": "json_object"}, max_tokens=2000))
+    assert again.body["turnout"]["cache_hit"] is True and len(caller.calls) == 2  # key order does not matter
 
 
 def test_backend_failure_is_a_logged_503(bundle: Bundle, log: DecisionLogWriter) -> None:
@@ -553,3 +565,16 @@ def test_feedback_is_written_and_joined(bundle: Bundle, log: DecisionLogWriter) 
     log.close()
     joined = join_feedback(read_logs(log.out_dir), read_feedback(log.out_dir)).to_pylist()
     assert [(r["request_id"], round(r["quality"], 3)) for r in joined] == [(rid, 0.1)]
+
+
+def test_writer_keeps_records_when_a_write_fails(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the log directory should be")
+    w = DecisionLogWriter(blocker / "logs", prefix="d", flush_rows=2, flush_s=3600.0)
+    for i in range(3):
+        w.append(replace(RECORD, request_id=f"r{i}"))  # the failed flush at 2 records must not raise
+    assert len(w) == 3 and w.n_written == 0 and w.n_failed_writes >= 1
+    blocker.unlink()  # the disk is usable again: the next flush writes everything, nothing lost
+    w.close()
+    assert w.n_written == 3 and len(w) == 0
+    assert sorted(read_logs(blocker / "logs").column("request_id").to_pylist()) == ["r0", "r1", "r2"]

@@ -174,3 +174,15 @@ def test_cli_retrain_exit_code_and_json(tmp_path: Path, bundle, capsys) -> None:
     js = json.loads(capsys.readouterr().out)
     assert js["decision"] == "hold" and not js["guards"]["exploration"]["ok"]
     assert main(["retrain", "--logs", str(tmp_path / "nope"), "--current", str(bundle.path), "--out", str(tmp_path / "o")]) == 2
+
+
+@pytest.mark.parametrize("what", ["missing", "empty"])
+def test_no_logs_is_a_user_error_not_a_hold(bundle, tmp_path: Path, what: str) -> None:  # type: ignore[no-untyped-def]
+    from router.errors import ConfigError
+    from training.retrain import retrain
+
+    logs = tmp_path / "logs"
+    if what == "empty":
+        logs.mkdir()
+    with pytest.raises(ConfigError, match="no Parquet shards"):
+        retrain(logs, bundle, tmp_path / "out")

@@ -136,6 +136,20 @@ def test_breaker_opens_after_threshold_then_half_opens_once() -> None:
     assert b.state == "closed" and b.failures == 0 and b.allow() and b.allow()
 
 
+def test_a_trial_without_a_verdict_never_locks_the_circuit() -> None:
+    clock = Clock()
+    b = CircuitBreaker(BreakerConfig(failure_threshold=1, reset_after_s=10), clock)
+    b.record_failure()
+    clock.t += 10
+    assert b.allow() and not b.allow()
+    b.release()  # the trial was cancelled by its client / refused as a client mistake
+    assert b.state == "half_open" and b.allow()  # the next request may try again
+    clock.t += 10  # a trial that never reported at all expires after reset_after_s
+    assert b.allow()
+    b.record_success()
+    assert b.state == "closed"
+
+
 def test_success_resets_the_failure_count() -> None:
     b = CircuitBreaker(BreakerConfig(failure_threshold=2), Clock())
     b.record_failure()

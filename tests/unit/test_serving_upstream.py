@@ -130,6 +130,7 @@ def test_client_error_is_not_retried(upstream: FakeUpstream) -> None:
     with pytest.raises(BackendError, match="answered 400") as e:
         asyncio.run(_generate(_client(upstream, "bad")))
     assert not e.value.retryable and upstream.hits["bad"] == 1
+    assert e.value.status == 400  # the upstream refused the request itself: a client mistake, not a 5xx
 
 
 def test_timeout_is_per_attempt_and_reported(upstream: FakeUpstream) -> None:
