@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.config import RequestRouterConfig
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
@@ -74,8 +75,10 @@ def _as_backend_error(model: str, e: BaseException) -> BackendError:
         return BackendError(str(cause), status=cause.status, retryable=cause.retryable)
     if isinstance(e, BackPressureError):
         return BackendError(f"{model} is overloaded: {e}", status=503)
-    # a dead replica (ActorDiedError, RayActorError), an unavailable deployment, a backend bug
-    return BackendError(f"{model}: {type(e).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
+    message = f"{model}: {type(e).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+    if isinstance(e, RayActorError):  # a dead or restarting replica (ActorDiedError, ActorUnavailableError)
+        return BackendError(message, status=503, replica_lost=True)
+    return BackendError(message)  # an unavailable deployment, a backend bug
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, logging_config=QUIET_LOGS)

@@ -55,10 +55,11 @@ class BackendError(Exception):
     ``retryable``: another attempt (same or next model) may succeed; False for an upstream 4xx, which
     says the request itself is unacceptable there."""
 
-    def __init__(self, message: str, *, status: int = 502, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, status: int = 502, retryable: bool = True, replica_lost: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+        self.replica_lost = replica_lost  # one replica died (Serve replaces it): not the model's health
 
 
 class SimulatedBackend:

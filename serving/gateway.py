@@ -49,6 +49,8 @@ ModelStreamer = Callable[[str, dict[str, Any], str], AsyncIterator[Any]]
 # body keys that do not change the answer; every other key (max_tokens, temperature, response_format,
 # tools, ...) is part of the cache context, so an answer is only reused for the same parameters
 NOT_GENERATION_KEYS = frozenset({"messages", "model", "stream", "stream_options", "user", "metadata"})
+MAX_REPLICA_LOST_RETRIES = 3  # per model and request, on top of failover.attempts_per_model
+REPLICA_LOST_PAUSE_S = 0.05
 AUTO_MODELS = ("auto", "turnout", "")
 MAX_REQUEST_ID = 128
 MAX_HEADER_BYTES = 32 * 1024  # all request headers together; more is a 431, not a 5xx or a slow parse
@@ -383,7 +385,8 @@ class GatewayCore:
             if not breaker.allow():
                 errors.append(f"{model}: circuit open")
                 continue
-            for _ in range(self.failover.attempts_per_model):
+            attempts = lost = 0
+            while attempts < self.failover.attempts_per_model:
                 remaining = deadline - self.clock()
                 if remaining <= 0:
                     breaker.release()
@@ -419,6 +422,16 @@ class GatewayCore:
                 if not err.retryable:  # the request itself was refused: says nothing about the upstream
                     breaker.release()
                     raise BackendError(_joined(errors), status=err.status, retryable=False)
+                if err.replica_lost and lost < MAX_REPLICA_LOST_RETRIES:
+                    # one replica died; Serve replaces it and routes around it. Not the model's health:
+                    # no breaker failure, no attempt used; a short pause lets the handle notice.
+                    lost += 1
+                    breaker.release()
+                    await asyncio.sleep(min(REPLICA_LOST_PAUSE_S * lost, max(0.0, deadline - self.clock())))
+                    if not breaker.allow():
+                        break
+                    continue
+                attempts += 1
                 breaker.record_failure()
                 if breaker.state != "closed":
                     break

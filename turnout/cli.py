@@ -171,8 +171,16 @@ def cmd_ope(a: argparse.Namespace) -> int:
 def cmd_ab_report(a: argparse.Namespace) -> int:
     from training.ab_report import ab_report, parse_weights, print_report
 
-    report = ab_report(a.logs, a.out, control=a.control, weights=parse_weights(a.weights), n_bootstrap=a.bootstrap,
-                       seed=a.seed)
+    weights, control = parse_weights(a.weights), a.control
+    if a.config:  # the split the gateway was configured with; the first arm is the control
+        if weights is not None:
+            raise ValueError("give either --config or --weights, not both")
+        from serving.config import load_serve_config
+
+        arms = load_serve_config(a.config).arms()
+        weights = {arm.name: arm.weight for arm in arms}
+        control = control or arms[0].name
+    report = ab_report(a.logs, a.out, control=control, weights=weights, n_bootstrap=a.bootstrap, seed=a.seed)
     if a.json:
         print(json.dumps(report, indent=2))
     else:
@@ -405,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     abr.add_argument("--control", default=None, help="control arm (default: first --weights arm, else 'control'/'default')")
     abr.add_argument("--weights", default=None, help="configured traffic split for the SRM check, e.g. a=0.5,b=0.5 "
                      "(default: equal)")
+    abr.add_argument("--config", default=None, help="serve config whose experiment.arms give the weights and the "
+                     "control (first arm); instead of --weights")
     abr.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     abr.add_argument("--bootstrap", type=_positive_int, default=1000, help="resamples for the latency p50 difference")
     abr.add_argument("--seed", type=int, default=0)

@@ -176,3 +176,17 @@ def test_rows_without_an_arm_are_refused(tmp_path: Path, capsys: pytest.CaptureF
     empty.mkdir()
     assert main(["ab", "report", "--logs", str(empty), "--out", str(tmp_path / "r")]) == 2
     assert "no Parquet shards" in capsys.readouterr().err
+
+
+def test_cli_takes_weights_and_control_from_the_serve_config(logs: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # the logs hold a 50/50 split; a config that says 90/10 must make the SRM check fire
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("bundle: b\nlog_dir: l\nexperiment:\n  arms:\n"
+                   "    - {name: treatment, bundle: b2, weight: 0.9}\n    - {name: control, bundle: b, weight: 0.1}\n")
+    assert main(["ab", "report", "--logs", str(logs), "--out", str(tmp_path / "r"), "--json", "--config", str(cfg),
+                 "--bootstrap", "50"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["control"] == "treatment" and rep["srm"]["mismatch"] is True
+    assert main(["ab", "report", "--logs", str(logs), "--out", str(tmp_path / "r"), "--config", str(cfg),
+                 "--weights", "a=1"]) == 2

@@ -578,3 +578,26 @@ def test_writer_keeps_records_when_a_write_fails(tmp_path: Path) -> None:
     w.close()
     assert w.n_written == 3 and len(w) == 0
     assert sorted(read_logs(blocker / "logs").column("request_id").to_pylist()) == ["r0", "r1", "r2"]
+
+
+def test_a_dead_replica_is_retried_without_opening_the_circuit(bundle: Bundle, log: DecisionLogWriter) -> None:
+    from serving.resilience import BreakerConfig, FailoverConfig
+
+    class DiesTwice(FakeCaller):
+        async def __call__(self, model: str, body: dict[str, Any], category: str) -> ModelReply:
+            if len(self.calls) < 2:  # the replica it was routed to died; Serve routes the retry elsewhere
+                self.calls.append((model, body, category))
+                raise BackendError(f"{model}: ActorDiedError", status=503, replica_lost=True)
+            return await FakeCaller.__call__(self, model, body, category)
+
+    caller = DiesTwice()
+    failover = FailoverConfig(attempts_per_model=1, max_models=1, breaker=BreakerConfig(failure_threshold=1))
+    core = GatewayCore(Router(bundle), log, caller, failover=failover, seed=0)
+    reply = _chat(core, _user(model="large"))
+    assert reply.status == 200, reply.body
+    assert [c[0] for c in caller.calls] == ["large"] * 3 and core.breakers["large"].state == "closed"
+    # a real failure still counts: one attempt, threshold 1 -> the circuit opens
+    caller.calls.clear()
+    core.call_model = FakeCaller(fail=BackendError("large answered 500"))
+    assert _chat(core, _user("another prompt entirely", model="large")).status == 502
+    assert core.breakers["large"].state == "open"
