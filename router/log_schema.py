@@ -203,14 +203,19 @@ def read_logs(path: str | Path, *, validate: bool = True) -> pa.Table:
     files = [path] if path.is_file() else sorted(f for f in path.rglob("*.parquet") if not _is_feedback_shard(f))
     if not files:
         raise LogSchemaError(f"no Parquet shards (*.parquet) found under {path}")
-    tables = []
+    tables = [validate_table(t, source=str(f)) if validate else t for f, t in _read_shards(files)]
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def _read_shards(files: list[Path]) -> list[tuple[Path, pa.Table]]:
+    """Each file as a table; an unreadable one is a ``LogSchemaError`` naming the file."""
+    out = []
     for f in files:
         try:
-            t = pq.read_table(f)
+            out.append((f, pq.read_table(f)))
         except (pa.ArrowInvalid, OSError) as e:
             raise LogSchemaError(f"{f}: not a readable Parquet file: {e}") from e
-        tables.append(validate_table(t, source=str(f)) if validate else t)
-    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    return out
 
 
 def dumps_stats(stats: dict[str, Any] | None) -> str | None:
@@ -298,13 +303,7 @@ def read_feedback(log_dir: str | Path) -> pa.Table:
     """Every ``feedback-*.parquet`` shard under ``log_dir``; an empty ``FEEDBACK_SCHEMA`` table when none."""
     path = Path(log_dir)
     files = sorted(f for f in path.rglob(f"{FEEDBACK_PREFIX}-*.parquet")) if path.is_dir() else []
-    tables = []
-    for f in files:
-        try:
-            t = pq.read_table(f)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise LogSchemaError(f"{f}: not a readable Parquet file: {e}") from e
-        tables.append(validate_feedback(t, source=str(f)))
+    tables = [validate_feedback(t, source=str(f)) for f, t in _read_shards(files)]
     if not tables:
         return FEEDBACK_SCHEMA.empty_table()
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
