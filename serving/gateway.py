@@ -13,7 +13,6 @@ disconnects is logged with ``error="cancelled"``.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import math
 import threading
@@ -118,7 +117,6 @@ class GatewayCore:
         self.breakers: dict[str, CircuitBreaker] = {}
         self.watchers = {a.name: BundleWatcher(a.bundle) for a in self.arms}
         self.deployed_models = set(self.router.config.model_names)
-        self._takes_load = "model_load" in inspect.signature(Router.decide).parameters
 
     # --- arms ------------------------------------------------------------------------------------------
 
@@ -153,7 +151,7 @@ class GatewayCore:
         if self.tenants is None:
             return DEFAULT_TENANT
         try:
-            tenant = self.tenants.authenticate(headers.get("authorization"), headers.get("x-api-key"))
+            tenant = self._authenticate(headers)
         except AuthError as e:
             self.metrics.error("unauthorized")
             return error_reply(401, str(e), kind="invalid_request_error")
@@ -164,11 +162,15 @@ class GatewayCore:
                                kind="rate_limit_error", headers={"Retry-After": retry_after_header(wait)})
         return tenant
 
+    def _authenticate(self, headers: Mapping[str, str]) -> str:
+        assert self.tenants is not None
+        return self.tenants.authenticate(headers.get("authorization"), headers.get("x-api-key"))
+
     def admin_allowed(self, headers: Mapping[str, str]) -> Reply | None:
         if self.tenants is None or not self.tenants.keys_required:
             return None
         try:
-            tenant = self.tenants.authenticate(headers.get("authorization"), headers.get("x-api-key"))
+            tenant = self._authenticate(headers)
         except AuthError as e:
             return error_reply(401, str(e))
         return None if self.tenants.is_admin(tenant) else error_reply(403, f"tenant {tenant!r} is not an admin tenant",
@@ -196,7 +198,8 @@ class GatewayCore:
             self.metrics.error("bad_request")
             return error_reply(e.status, str(e), e.field)
         arm = self.assign(tenant, headers.get("x-turnout-user"), body.get("user"))
-        call = _Call(request, self._decide(arm, request, pinned), arm, body, time.time(), time.perf_counter())
+        now = time.time()
+        call = _Call(request, self._decide(arm, request, pinned, now), arm, body, now, time.perf_counter())
         d = call.decision
         self.metrics.decision(model=d.model, category=d.category, arm=arm, policy=d.policy, tier=d.cache_tier,
                               hit=d.cache_hit is not None, decision_ms=d.decision_ms)
@@ -223,13 +226,10 @@ class GatewayCore:
         await self._learn(call, reply, served)
         return self._answer(call, reply.result.text, reply, served)
 
-    def _decide(self, arm: str, request: Request, pinned: str | None) -> Decision:
-        router = self.routers[arm]
-        kwargs: dict[str, Any] = {}
-        if self._takes_load and self.capacity:
-            kwargs["model_load"] = self.model_load()
-        decision = router.decide(request, now_s=time.time(), rng=self.rng,
-                                 preference=request.preference or self.preference, **kwargs)
+    def _decide(self, arm: str, request: Request, pinned: str | None, now: float | None = None) -> Decision:
+        decision = self.routers[arm].decide(request, now_s=time.time() if now is None else now, rng=self.rng,
+                                            preference=request.preference or self.preference,
+                                            model_load=self.model_load() if self.capacity else None)
         return pin(decision, pinned) if pinned else decision
 
     def _shed_overload(self, call: _Call, pinned: bool) -> Reply | None:
