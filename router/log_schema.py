@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from router.errors import LogSchemaError
 from router.types import CACHE_TIERS
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +64,14 @@ FIELDS: tuple[Field, ...] = (
     Field("error", pa.string(), True, "error class/message when the request failed"),
     Field("quality", pa.float32(), True, "reward in [0, 1] from feedback or the simulator; null until known"),
     Field("label_category", pa.string(), True, "true category when known (simulator, labelled data)"),
+    Field("assignment_unit", pa.string(), True,
+          "sha256 prefix of the key the A/B arm was assigned by (user id, else tenant): the unit the A/B "
+          "report resamples; null in logs written before schema 2 and in simulations"),
 )
 SCHEMA = pa.schema([pa.field(f.name, f.type, nullable=f.nullable) for f in FIELDS], metadata={"turnout_log_schema": SCHEMA_VERSION})
 FIELD_NAMES = tuple(f.name for f in FIELDS)
+#: nullable fields added after schema 1: a shard written before them reads as all-null in that column
+ADDED_FIELDS: dict[str, str] = {"assignment_unit": "2"}
 
 #: ``policy`` values whose model was not drawn from the logged ``action_probs`` (a client pin, a cache hit,
 #: a failover after an upstream error, an overload move): policy training and off-policy evaluation skip them.
@@ -107,6 +112,7 @@ class LogRecord:
     error: str | None = None
     quality: float | None = None
     label_category: str | None = None
+    assignment_unit: str | None = None
 
     def to_row(self) -> dict[str, Any]:
         row = asdict(self)
@@ -126,6 +132,9 @@ def validate_table(table: pa.Table, source: str = "logs") -> pa.Table:
 
     Raises ``LogSchemaError`` naming the field and the first bad row.
     """
+    for name in ADDED_FIELDS:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, SCHEMA.field(name).type))
     missing = [n for n in FIELD_NAMES if n not in table.column_names]
     if missing:
         raise LogSchemaError(f"{source}: missing field(s) {missing}; expected the fields of router.log_schema.FIELDS")

@@ -13,6 +13,7 @@ disconnects is logged with ``error="cancelled"``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import threading
@@ -80,6 +81,7 @@ class _Call:
     body: dict[str, Any]
     now: float
     t0: float
+    unit: str | None = None
     logged: LogRecord | None = None
 
 
@@ -129,10 +131,12 @@ class GatewayCore:
     def router(self) -> Router:
         return self.routers[self.arm]
 
-    def assign(self, tenant: str, user_header: str | None, body_user: object) -> str:
-        if len(self.arms) == 1:
-            return self.arm
-        return assign_arm(assignment_key(self.assign_by, tenant, user_header, body_user), self.arms)
+    def assign(self, tenant: str, user_header: str | None, body_user: object) -> tuple[str, str]:
+        """(arm, assignment unit): the unit is logged as a sha256 prefix of the key, never the raw id,
+        so the A/B report can resample users rather than requests."""
+        key = assignment_key(self.assign_by, tenant, user_header, body_user)
+        unit = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        return (self.arm if len(self.arms) == 1 else assign_arm(key, self.arms)), unit
 
     def models(self) -> dict[str, Any]:
         cfg = self.router.config
@@ -197,9 +201,9 @@ class GatewayCore:
         except RequestError as e:
             self.metrics.error("bad_request")
             return error_reply(e.status, str(e), e.field)
-        arm = self.assign(tenant, headers.get("x-turnout-user"), body.get("user"))
+        arm, unit = self.assign(tenant, headers.get("x-turnout-user"), body.get("user"))
         now = time.time()
-        call = _Call(request, self._decide(arm, request, pinned, now), arm, body, now, time.perf_counter())
+        call = _Call(request, self._decide(arm, request, pinned, now), arm, body, now, time.perf_counter(), unit)
         d = call.decision
         self.metrics.decision(model=d.model, category=d.category, arm=arm, policy=d.policy, tier=d.cache_tier,
                               hit=d.cache_hit is not None, decision_ms=d.decision_ms)
@@ -514,7 +518,7 @@ class GatewayCore:
             replica_stats=dumps_stats(reply.replica_stats) if reply else None,
             ttft_ms=res.ttft_ms if res else None, latency_ms=latency_ms,
             output_tokens=res.output_tokens if res else (0 if hit else None), cost_usd=cost, error=error,
-            quality=res.quality if res and error is None else None,
+            quality=res.quality if res and error is None else None, assignment_unit=call.unit,
         )
         call.logged = record
         self.log.append(record)

@@ -4,6 +4,14 @@ Reads logged traffic (``router.log_schema.read_logs``) and joins late feedback
 (``read_feedback`` + ``join_feedback``: the latest ``/v1/feedback`` quality per request overrides the
 logged one). Each row counts as one request of its ``arm``.
 
+The unit of analysis is the unit of randomisation. The gateway assigns arms per user (or tenant) and
+logs that unit (``assignment_unit``); one user's requests are correlated (same kind of prompts, same
+tolerance), so treating them as independent would make every interval too narrow. When every row
+carries its unit ("unit": "assignment_unit"), means and differences use cluster-robust (delta-method,
+ratio-of-sums) standard errors with t on (units - 1) degrees of freedom, the p50 difference uses a
+cluster bootstrap (units resampled with all their requests), and the sample-ratio check counts units.
+Logs without units (older logs, simulations) fall back to requests as the unit, and the report says so.
+
 Methods (all intervals two-sided 95%, unadjusted for the number of arms):
 
 * means (quality, cost_usd, latency_ms): Student-t interval ``mean +- t_{0.975, n-1} s / sqrt(n)``;
@@ -11,7 +19,7 @@ Methods (all intervals two-sided 95%, unadjusted for the number of arms):
   two-sided p-value. Large n makes both the normal interval; small n stays honest;
 * latency p50/p99 per arm: distribution-free order-statistic interval (binomial ranks around n q);
   difference of p50 vs control: seeded percentile bootstrap (``n_bootstrap`` resamples per arm);
-* sample-ratio mismatch (SRM): Pearson chi-square of the per-arm request counts against the configured
+* sample-ratio mismatch (SRM): Pearson chi-square of the per-arm unit (or request) counts against the configured
   traffic weights (equal by default), df = arms - 1; flagged when p < ``SRM_ALPHA`` = 0.001 (the usual
   SRM threshold: a real split problem gives tiny p-values, and a strict alpha keeps false alarms rare
   when the check runs on every report).
@@ -116,6 +124,86 @@ def bootstrap_median_diff(x: np.ndarray, control: np.ndarray, *, n_bootstrap: in
     return {"estimate": float(np.median(x) - np.median(c)), "ci_low": float(lo), "ci_high": float(hi)}
 
 
+def _cluster_sums(x: np.ndarray, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-unit sums and counts of ``x`` (units are any hashable labels, one per value)."""
+    _, g = np.unique(units, return_inverse=True)
+    return np.bincount(g, weights=x), np.bincount(g).astype(np.float64)
+
+
+def _cluster_var(sums: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
+    """(ratio-of-sums mean, its delta-method variance ``K/(K-1) sum_k (S_k - m N_k)^2 / N^2``)."""
+    n, k = counts.sum(), sums.size
+    m = float(sums.sum() / n)
+    r = sums - m * counts
+    return m, float(k / (k - 1) * np.sum(r * r) / (n * n))
+
+
+def cluster_mean_ci(x: np.ndarray, units: np.ndarray) -> dict[str, float | int | None]:
+    """Mean of ``x`` with a 95% interval that treats ``units`` (users) as the independent draws:
+    cluster-robust standard error, t on (units - 1) df. ``ci_*`` None with fewer than 2 units."""
+    from scipy import stats
+
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return {"n": 0, "units": 0, "mean": None, "ci_low": None, "ci_high": None, "sd": None}
+    sums, counts = _cluster_sums(x, units)
+    sd = float(x.std(ddof=1)) if x.size > 1 else None
+    if sums.size < 2:
+        return {"n": int(x.size), "units": int(sums.size), "mean": float(x.mean()), "ci_low": None, "ci_high": None,
+                "sd": sd}
+    m, var = _cluster_var(sums, counts)
+    half = float(stats.t.ppf(Z, sums.size - 1)) * math.sqrt(var)
+    return {"n": int(x.size), "units": int(sums.size), "mean": m, "ci_low": m - half, "ci_high": m + half, "sd": sd}
+
+
+def cluster_diff(x: np.ndarray, x_units: np.ndarray, control: np.ndarray, c_units: np.ndarray) -> dict[str, float | None]:
+    """``mean(x) - mean(control)`` with cluster-robust standard errors per arm (arms are independent
+    groups of units) and Welch-Satterthwaite df over units; same keys as ``welch_diff``."""
+    from scipy import stats
+
+    x, c = np.asarray(x, dtype=np.float64), np.asarray(control, dtype=np.float64)
+    if x.size == 0 or c.size == 0:
+        return {"estimate": None, "ci_low": None, "ci_high": None, "p_value": None}
+    (sx, nx), (sc, nc) = _cluster_sums(x, x_units), _cluster_sums(c, c_units)
+    if sx.size < 2 or sc.size < 2:
+        return {"estimate": float(x.mean() - c.mean()), "ci_low": None, "ci_high": None, "p_value": None}
+    (mx, vx), (mc, vc) = _cluster_var(sx, nx), _cluster_var(sc, nc)
+    est, se = mx - mc, math.sqrt(vx + vc)
+    if se == 0.0:
+        return {"estimate": est, "ci_low": est, "ci_high": est, "p_value": None}
+    df = (vx + vc) ** 2 / ((vx ** 2 / (sx.size - 1) if vx else 0.0) + (vc ** 2 / (sc.size - 1) if vc else 0.0))
+    half = float(stats.t.ppf(Z, df)) * se
+    return {"estimate": est, "ci_low": est - half, "ci_high": est + half,
+            "p_value": float(2.0 * stats.t.sf(abs(est) / se, df))}
+
+
+def _weighted_median(sorted_x: np.ndarray, w: np.ndarray) -> float:
+    c = np.cumsum(w)
+    return float(sorted_x[np.searchsorted(c, 0.5 * c[-1])])
+
+
+def cluster_bootstrap_median_diff(x: np.ndarray, x_units: np.ndarray, control: np.ndarray, c_units: np.ndarray, *,
+                                  n_bootstrap: int = 1000, seed: int = 0) -> dict[str, float | None]:
+    """``median(x) - median(control)`` with a percentile interval from resampling *units* (each drawn
+    unit brings all its requests: a multinomial weight per unit)."""
+    x, c = np.asarray(x, dtype=np.float64), np.asarray(control, dtype=np.float64)
+    if x.size == 0 or c.size == 0:
+        return {"estimate": None, "ci_low": None, "ci_high": None}
+    rng = np.random.default_rng(seed)
+    sides = []
+    for v, u in ((x, x_units), (c, c_units)):
+        order = np.argsort(v, kind="stable")
+        _, g = np.unique(u, return_inverse=True)
+        sides.append((v[order], g[order], int(g.max()) + 1))
+    diffs = np.empty(n_bootstrap)
+    for b in range(n_bootstrap):
+        med = [_weighted_median(v, rng.multinomial(k, np.full(k, 1.0 / k))[g].astype(np.float64))
+               for v, g, k in sides]
+        diffs[b] = med[0] - med[1]
+    lo, hi = np.quantile(diffs, [1.0 - Z, Z])
+    return {"estimate": float(np.median(x) - np.median(c)), "ci_low": float(lo), "ci_high": float(hi)}
+
+
 def srm_check(observed: Mapping[str, int], weights: Mapping[str, float]) -> dict[str, Any]:
     """Pearson chi-square of observed request counts vs ``weights`` (normalised); df = arms - 1."""
     from scipy import stats
@@ -203,20 +291,40 @@ def ab_report(logs_dir: str | Path, out_dir: str | Path, control: str | None = N
         weights = {a: 1.0 for a in arms}
     control, chosen_by = _control(control, arms, weights_given=weights_given)
     cols = _columns(table)
-    per_arm = {a: _arm_stats(cols, arm_col == a) for a in arms}
+    clustered = not any(u is None for u in cols["unit"])
+    if not clustered:  # requests are the unit: each row its own cluster gives the request-level formulas
+        cols["unit"] = np.arange(table.num_rows)
+    per_arm = {a: _arm_stats(cols, arm_col == a, clustered) for a in arms}
     for a in arms:
-        per_arm[a]["diff_vs_control"] = None if a == control else _diffs(per_arm[a], per_arm[control], n_bootstrap, seed)
+        per_arm[a]["diff_vs_control"] = (None if a == control else
+                                         _diffs(per_arm[a], per_arm[control], n_bootstrap, seed, clustered))
     for stats_ in per_arm.values():
         stats_.pop("_values")
-    counts = {a: per_arm[a]["requests"] for a in arms}
+        stats_.pop("_units")
+    count_key = "units" if clustered else "requests"
+    counts = {a: per_arm[a][count_key] for a in arms}
+    unit_arms: dict[Any, set[str]] = {}
+    for u, a in zip(cols["unit"].tolist(), arm_col.tolist()):
+        unit_arms.setdefault(u, set()).add(a)
+    unit_doc = ("assignment_unit (the logged user/tenant hash): cluster-robust intervals, units resampled"
+                if clustered else "request (some rows have no assignment_unit, e.g. logs from before schema 2): "
+                "requests treated as independent; intervals too narrow if users were randomised")
     report: dict[str, Any] = {
         "logs": str(logs_dir), "n_rows": table.num_rows, "feedback_rows_joined": n_feedback,
+        "unit": "assignment_unit" if clustered else "request",
+        "units_in_several_arms": sum(1 for v in unit_arms.values() if len(v) > 1) if clustered else 0,
         "arms": per_arm, "control": control, "control_chosen_by": chosen_by,
-        "srm": srm_check(counts, weights),
-        "methods": {"mean_ci": "Student t, 95%", "diff_ci": "Welch t (unequal variances), 95%, two-sided p",
-                    "latency_quantile_ci": "order-statistic (binomial) 95%",
-                    "latency_p50_diff_ci": f"percentile bootstrap, {n_bootstrap} resamples, seed {seed}",
-                    "srm": f"Pearson chi-square vs weights, mismatch when p < {SRM_ALPHA}",
+        "srm": {**srm_check(counts, weights), "counts": count_key},
+        "methods": {"unit": unit_doc,
+                    "mean_ci": ("cluster-robust (delta method), t on units - 1 df, 95%" if clustered
+                                else "Student t, 95%"),
+                    "diff_ci": ("cluster-robust per arm, Welch-Satterthwaite df over units, 95%, two-sided p"
+                                if clustered else "Welch t (unequal variances), 95%, two-sided p"),
+                    "latency_quantile_ci": "order-statistic (binomial) 95%, requests treated as independent",
+                    "latency_p50_diff_ci": (f"{'cluster' if clustered else 'percentile'} bootstrap "
+                                            f"({'units' if clustered else 'requests'} resampled), "
+                                            f"{n_bootstrap} resamples, seed {seed}"),
+                    "srm": f"Pearson chi-square of {count_key} vs weights, mismatch when p < {SRM_ALPHA}",
                     "excluded": "rows with an error; null quality/cost/latency left out of that metric only"},
         "plots": [],
     }
@@ -249,16 +357,20 @@ def _columns(table: pa.Table) -> dict[str, np.ndarray]:
             "cache_hit": np.asarray(table.column("cache_hit").to_pylist(), dtype=bool),
             "fallback": np.asarray(table.column("fallback").to_pylist(), dtype=bool),
             "bundle_version": np.asarray(table.column("bundle_version").to_pylist(), dtype=object),
+            "unit": np.asarray(table.column("assignment_unit").to_pylist(), dtype=object),
             **{m: f64(m) for m in METRICS}}
 
 
-def _arm_stats(cols: Mapping[str, np.ndarray], mask: np.ndarray) -> dict[str, Any]:
+def _arm_stats(cols: Mapping[str, np.ndarray], mask: np.ndarray, clustered: bool) -> dict[str, Any]:
     ok = mask & ~cols["error"]
-    values = {m: cols[m][ok & ~np.isnan(cols[m])] for m in METRICS}
+    keep = {m: ok & ~np.isnan(cols[m]) for m in METRICS}
+    values = {m: cols[m][keep[m]] for m in METRICS}
+    units = {m: cols["unit"][keep[m]] for m in METRICS}
     n_ok = int(ok.sum())
     lat = values["latency_ms"]
     s: dict[str, Any] = {
-        "requests": int(mask.sum()), "errors": int((mask & cols["error"]).sum()),
+        "requests": int(mask.sum()), "units": int(np.unique(cols["unit"][mask]).size) if clustered else int(mask.sum()),
+        "errors": int((mask & cols["error"]).sum()),
         "error_rate": float((mask & cols["error"]).sum() / mask.sum()) if mask.any() else None,
         "quality_missing": n_ok - int(values["quality"].size),
         "cost_missing": n_ok - int(values["cost_usd"].size),
@@ -266,17 +378,25 @@ def _arm_stats(cols: Mapping[str, np.ndarray], mask: np.ndarray) -> dict[str, An
         "cache_hit_rate": float(cols["cache_hit"][ok].mean()) if n_ok else None,
         "fallback_rate": float(cols["fallback"][ok].mean()) if n_ok else None,
         "bundle_versions": sorted(set(cols["bundle_version"][mask].tolist())),
-        **{m: mean_ci(values[m]) for m in METRICS},
+        **{m: (cluster_mean_ci(values[m], units[m]) if clustered else mean_ci(values[m])) for m in METRICS},
         "latency_p50_ms": quantile_ci(lat, 0.5), "latency_p99_ms": quantile_ci(lat, 0.99),
-        "_values": values,
+        "_values": values, "_units": units,
     }
     return s
 
 
-def _diffs(arm: Mapping[str, Any], control: Mapping[str, Any], n_bootstrap: int, seed: int) -> dict[str, Any]:
+def _diffs(arm: Mapping[str, Any], control: Mapping[str, Any], n_bootstrap: int, seed: int,
+           clustered: bool) -> dict[str, Any]:
     a, c = arm["_values"], control["_values"]
-    out: dict[str, Any] = {m: welch_diff(a[m], c[m]) for m in METRICS}
-    out["latency_p50_ms"] = bootstrap_median_diff(a["latency_ms"], c["latency_ms"], n_bootstrap=n_bootstrap, seed=seed)
+    if not clustered:
+        out: dict[str, Any] = {m: welch_diff(a[m], c[m]) for m in METRICS}
+        out["latency_p50_ms"] = bootstrap_median_diff(a["latency_ms"], c["latency_ms"], n_bootstrap=n_bootstrap,
+                                                      seed=seed)
+        return out
+    au, cu = arm["_units"], control["_units"]
+    out = {m: cluster_diff(a[m], au[m], c[m], cu[m]) for m in METRICS}
+    out["latency_p50_ms"] = cluster_bootstrap_median_diff(a["latency_ms"], au["latency_ms"], c["latency_ms"],
+                                                          cu["latency_ms"], n_bootstrap=n_bootstrap, seed=seed)
     return out
 
 
@@ -339,7 +459,7 @@ def print_report(report: Mapping[str, Any], console: Any | None = None) -> None:
     ctl = report["control"]
     t = Table(title=f"A/B report: {report['logs']} ({report['n_rows']:,} rows; control = {ctl}; 95% CIs)",
               title_justify="left")
-    for col in ("arm", "requests", "errors", "quality", "Δ quality", "cost USD", "Δ cost", "latency ms", "Δ latency",
+    for col in ("arm", "requests", "units", "errors", "quality", "Δ quality", "cost USD", "Δ cost", "latency ms", "Δ latency",
                 "p50 ms (Δ)"):
         t.add_column(col, justify="left" if col == "arm" else "right")
     n_total = max(report["n_rows"], 1)
@@ -350,11 +470,16 @@ def print_report(report: Mapping[str, Any], console: Any | None = None) -> None:
         if d.get("latency_p50_ms", {}).get("estimate") is not None:
             p50_txt += f" ({_signed(d['latency_p50_ms']['estimate'], 1)})"
         t.add_row(name + (" (control)" if name == ctl else ""),
-                  f"{a['requests']:,} ({a['requests'] / n_total:.1%})", f"{a['errors']:,}",
+                  f"{a['requests']:,} ({a['requests'] / n_total:.1%})",
+                  f"{a['units']:,}" if report["unit"] == "assignment_unit" else "-", f"{a['errors']:,}",
                   _ci(a["quality"], 4), _dci(d.get("quality"), 4),
                   _ci(a["cost_usd"], 6), _dci(d.get("cost_usd"), 6),
                   _ci(a["latency_ms"], 1), _dci(d.get("latency_ms"), 1), p50_txt)
     console.print(t)
+    console.print(f"unit of analysis: {report['methods']['unit']}")
+    if report["units_in_several_arms"]:
+        console.print(f"[yellow]{report['units_in_several_arms']:,} unit(s) appear in more than one arm "
+                      "(weights or arms changed during the experiment?)[/]")
     srm = report["srm"]
     verdict = "[bold red]MISMATCH[/]" if srm["mismatch"] else "ok"
     exp = ", ".join(f"{k}: {v:,} obs / {srm['expected'][k]:,.0f} exp" for k, v in srm["observed"].items())

@@ -190,3 +190,61 @@ def test_cli_takes_weights_and_control_from_the_serve_config(logs: Path, tmp_pat
     assert rep["control"] == "treatment" and rep["srm"]["mismatch"] is True
     assert main(["ab", "report", "--logs", str(logs), "--out", str(tmp_path / "r"), "--config", str(cfg),
                  "--weights", "a=1"]) == 2
+
+
+# --- the unit of analysis is the unit of randomisation -------------------------------------------------
+
+
+def _user_rows(arm: str, n_users: int, per_user: int, rng: np.random.Generator) -> list[dict]:
+    """Users with a strong per-user quality level (intra-user correlation ~0.6), same truth in both arms."""
+    rows = []
+    for u in range(n_users):
+        level = rng.normal(0.6, 0.15)
+        for r in _rows(arm, per_user, rng, start=u * per_user):
+            r["quality"] = float(np.clip(level + rng.normal(0.0, 0.12), 0, 1))
+            r["assignment_unit"] = f"{arm}-user-{u}"
+            rows.append(r)
+    return rows
+
+
+def test_cluster_intervals_keep_their_coverage_where_request_level_ones_do_not() -> None:
+    from training.ab_report import cluster_diff
+
+    rng = np.random.default_rng(11)
+    covered = {"cluster": 0, "request": 0}
+    n_rep = 200
+    for _ in range(n_rep):
+        sides = []
+        for _arm in range(2):  # no true difference
+            units = np.repeat(np.arange(30), 20)
+            x = rng.normal(0.0, 1.0, 30)[units] + rng.normal(0.0, 0.6, units.size)
+            sides.append((x, units))
+        (a, au), (c, cu) = sides
+        cl, rq = cluster_diff(a, au, c, cu), welch_diff(a, c)
+        covered["cluster"] += cl["ci_low"] <= 0.0 <= cl["ci_high"]
+        covered["request"] += rq["ci_low"] <= 0.0 <= rq["ci_high"]
+    assert covered["cluster"] / n_rep >= 0.90  # nominal 95%
+    assert covered["request"] / n_rep <= 0.70  # requests as independent draws: far too narrow
+
+
+def test_report_uses_logged_units_and_counts_them_for_srm(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    d = tmp_path / "logs"
+    _write(d, _user_rows("control", 40, 25, rng) + _user_rows("treatment", 40, 25, rng))
+    rep = ab_report(d, tmp_path / "out", plots=False)
+    assert rep["unit"] == "assignment_unit" and rep["srm"]["counts"] == "units"
+    assert rep["arms"]["control"]["units"] == 40 and rep["arms"]["control"]["requests"] == 1000
+    assert rep["srm"]["observed"] == {"control": 40, "treatment": 40}
+    clustered = rep["arms"]["treatment"]["diff_vs_control"]["quality"]
+    assert clustered["ci_low"] <= 0.0 <= clustered["ci_high"]
+    # the same rows with units dropped: request-level, and a much narrower (overconfident) interval
+    table = pa.Table.from_pylist(_user_rows("control", 40, 25, np.random.default_rng(5)) +
+                                 _user_rows("treatment", 40, 25, np.random.default_rng(5)), schema=SCHEMA)
+    flat = tmp_path / "flat"
+    write_shard(table.drop_columns(["assignment_unit"]), flat)
+    rep_flat = ab_report(flat, tmp_path / "out2", plots=False)
+    assert rep_flat["unit"] == "request" and rep_flat["arms"]["control"]["units"] == 1000
+    width = lambda r: r["ci_high"] - r["ci_low"]  # noqa: E731
+    assert width(clustered) > 2.5 * width(rep_flat["arms"]["treatment"]["diff_vs_control"]["quality"])
+    lat = rep["arms"]["treatment"]["diff_vs_control"]["latency_p50_ms"]
+    assert lat["ci_low"] <= lat["estimate"] <= lat["ci_high"]

@@ -472,6 +472,10 @@ def test_ab_arms_are_sticky_and_logged(bundle: Bundle, log: DecisionLogWriter, t
     log.close()
     rows = read_logs(log.out_dir).to_pylist()
     assert {(r["arm"], r["bundle_version"]) for r in rows} == {("control", "test-1"), ("treatment", "test-2")}
+    # the assignment unit is logged (hashed, never the raw user id): the A/B report resamples users
+    units = {r["assignment_unit"] for r in rows}
+    assert len(units) == 10 and not any(u.startswith("user-") for u in units)
+    assert all(len({r["arm"] for r in rows if r["assignment_unit"] == u}) == 1 for u in units)
 
 
 def test_model_load_is_passed_when_the_router_takes_it(bundle: Bundle, log: DecisionLogWriter) -> None:
