@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # true category tells the simulated backend what to simulate, the same for both apps
         bodies = [{"model": "auto", "messages": [{"role": "user", "content": f"{p.text} [#{i}]"}],
                    "metadata": {"sim_category": p.category}} for i, p in enumerate(prompts)]
-        pbodies = [{**b, "model": models[i % len(models)]} for i, b in enumerate(bodies)]
+        pbodies = [{**b, "model": m} for b, m in zip(bodies, _same_models(cfg, bodies, args.seed))]
         targets = {"gateway": f"{url}/v1/chat/completions", "passthrough": f"{url}{PASSTHROUGH_PREFIX}/v1/chat/completions"}
 
         with console.status(f"warm-up: {args.warmup} requests per app"):
@@ -123,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "warmup_per_app": args.warmup, "train_requests": args.train_requests, "stream": False,
                             "backend": cfg.backend.model_dump(), "models": models,
                             "gateway": cfg.gateway.model_dump(), "deployments": cfg.models.model_dump(),
-                            "passthrough_models": "cycled per request over the catalogue",
+                            "passthrough_models": ("per request, the model the same bundle chooses for that "
+                                                   "prompt in process (same model mix as the gateway)"),
                             "cache": "every prompt carries a unique tag, so no cache hits"},
                   environment=environment(), wall_s=round(time.perf_counter() - t_start, 1))
     result["plot"] = _plot(runs, args.quick)
@@ -152,6 +153,20 @@ def _config(work: Path, train_requests: int) -> Any:
         except ValidationError:
             continue
     raise RuntimeError("no simulated time_scale accepted by ServeConfig")
+
+
+def _same_models(cfg: Any, bodies: Sequence[dict[str, Any]], seed: int) -> list[str]:
+    """The model the gateway's bundle picks for each body (an in-process ``Router.decide``, outside the
+    timed load): the passthrough then sends the same mix of models, so the two apps differ only in the
+    routing work and not in which (differently busy) model deployments they load."""
+    from router.bundle import load_bundle
+    from router.decision import Router
+    from router.request import Message, Request
+
+    router = Router(load_bundle(cfg.path(cfg.bundle)))
+    rng = np.random.default_rng(seed)
+    return [router.decide(Request(messages=tuple(Message(m["role"], m["content"]) for m in b["messages"])),
+                          now_s=time.time(), rng=rng).model for b in bodies]
 
 
 async def _load(url: str, bodies: Sequence[dict[str, Any]], concurrency: int) -> dict[str, Any]:

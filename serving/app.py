@@ -189,7 +189,8 @@ class Gateway:
         routers = {a.name: self._build_router(load_bundle(a.bundle)) for a in arms}
         self.replica = _replica_name().replace("#", "-")
         self.log = DecisionLogWriter(cfg.path(cfg.log_dir), prefix=f"decisions-{self.replica}",
-                                     flush_rows=cfg.gateway.log_flush_rows, flush_s=cfg.gateway.log_flush_s)
+                                     flush_rows=cfg.gateway.log_flush_rows, flush_s=cfg.gateway.log_flush_s,
+                                     background=True)
         self.handles = {m: h.options(method_name="chat") for m, h in models.items()}
         self.stream_handles = {m: h.options(method_name="chat_stream", stream=True) for m, h in models.items()}
         capacity = {m: float(cfg.deployment(m).max_ongoing_requests * cfg.deployment(m).num_replicas) for m in models}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -300,6 +301,24 @@ def test_writer_tiny_flush_s_flushes_on_append(tmp_path: Path) -> None:
     time.sleep(0.001)
     w.append(replace(RECORD, request_id="r2"))
     assert len(w) == 0 and w.n_written == 2
+
+
+def test_background_writer_writes_due_shards_off_the_caller_and_close_loses_nothing(tmp_path: Path) -> None:
+    w = DecisionLogWriter(tmp_path, prefix="d", flush_rows=3, flush_s=3600.0, background=True)
+    writers: set[str] = set()
+    original = w.flush
+
+    def spy() -> Any:
+        writers.add(threading.current_thread().name)
+        return original()
+
+    w.flush = spy  # type: ignore[method-assign]
+    for i in range(10):
+        w.append(replace(RECORD, request_id=f"r{i}"))
+    w.close()
+    assert any(n.startswith("decision-log") for n in writers)  # due flushes ran on the writer thread
+    assert sorted(read_logs(tmp_path).column("request_id").to_pylist()) == sorted(f"r{i}" for i in range(10))
+    assert w.n_written == 10 and len(w) == 0
 
 
 def test_writer_close_flushes_the_rest_and_is_idempotent(tmp_path: Path) -> None:
