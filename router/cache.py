@@ -181,8 +181,9 @@ class ResponseCache:
 
     def __init__(self, policy: CachePolicy, store: MemoryDocumentStore | RedisDocumentStore | None = None, *,
                  embedder: Any | None = None, verifier: HitVerifier | None = None, follow: bool = False,
-                 follow_block_ms: int = 500) -> None:
+                 follow_block_ms: int = 500, background_index_builds: bool = False) -> None:
         self.policy = policy
+        self.background_index_builds = background_index_builds  # see router.cache_index
         self.store = store if store is not None else MemoryDocumentStore()
         self.embedder = embedder if embedder is not None else TrigramEmbedder()
         self.dim = int(getattr(self.embedder, "dim", 0) or self.embedder.encode(["x"]).shape[1])
@@ -363,7 +364,7 @@ class ResponseCache:
             part.entries[doc.key] = doc.expires_s
             if doc.vector is not None and doc.vector.shape == (self.dim,):
                 if part.index is None:
-                    part.index = PartitionIndex(self.dim)
+                    part.index = PartitionIndex(self.dim, background=self.background_index_builds)
                 part.index.add(doc.key, doc.vector)
             elif part.index is not None:
                 part.index.remove(doc.key)
@@ -404,8 +405,10 @@ def build_response_cache(policy: CachePolicy, settings: CacheStoreSettings | Non
                          embedder: Any | None = None, verifier: HitVerifier | None = None,
                          follow: bool = True) -> ResponseCache:
     """The cache for ``policy`` on the configured document store (contract 3). With Redis the index
-    is rebuilt from the store now and, with ``follow``, kept current by a background thread."""
-    return ResponseCache(policy, make_store(settings), embedder=embedder, verifier=verifier, follow=follow)
+    is rebuilt from the store now and, with ``follow``, kept current by a background thread. ANN graphs
+    are built on a builder thread (serving must not wait for one; ``router.cache_index``)."""
+    return ResponseCache(policy, make_store(settings), embedder=embedder, verifier=verifier, follow=follow,
+                         background_index_builds=True)
 
 
 def load_cache_parts(policy: CachePolicy, files: Mapping[str, bytes | Path], *,

@@ -7,9 +7,16 @@ cosine on unit vectors). HNSW cannot delete, so removals are tombstones: searche
 number of dead rows (capped) and drop them, and the partition is rebuilt once more than half of it
 is dead. A rebuild of a 100k-row partition takes tens of seconds on one core: quotas keep
 partitions well below that in practice (``CategoryCachePolicy.max_entries``).
+
+``background=True`` (serving): a graph build runs on one builder thread from a snapshot of the
+vectors, so neither the cache lock nor the event loop waits for it; until it is done the partition is
+searched exactly (slower, never wrong), and the rows added meanwhile are appended when the finished
+graph is adopted. A compaction during a build discards that build (its slots no longer match).
 """
 
 from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -17,14 +24,35 @@ HNSW_M = 16
 EF_CONSTRUCTION = 64
 EF_SEARCH = 48
 MAX_OVERFETCH = 64
+_BUILDER: ThreadPoolExecutor | None = None
+
+
+def _builder() -> ThreadPoolExecutor:
+    global _BUILDER
+    if _BUILDER is None:
+        _BUILDER = ThreadPoolExecutor(1, thread_name_prefix="turnout-hnsw-build")
+    return _BUILDER
+
+
+def _new_hnsw(vectors: np.ndarray, dim: int) -> object:
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = EF_CONSTRUCTION
+    index.hnsw.efSearch = EF_SEARCH
+    index.add(vectors)
+    return index
 
 
 class PartitionIndex:
     """Exact below ``hnsw_min`` rows, HNSW above; ``search`` returns (keys, cosines) best first."""
 
-    def __init__(self, dim: int, *, hnsw_min: int = 4096) -> None:
+    def __init__(self, dim: int, *, hnsw_min: int = 4096, background: bool = False) -> None:
         self.dim = dim
         self.hnsw_min = hnsw_min
+        self.background = background
+        self._pending: tuple[Future[object], int] | None = None  # (build, rows in its snapshot)
         self._vectors = np.zeros((64, dim), dtype=np.float32)
         self._dead = np.zeros(64, dtype=bool)
         self._keys: list[str | None] = []
@@ -41,6 +69,7 @@ class PartitionIndex:
     def add(self, key: str, vector: np.ndarray) -> None:
         if key in self._slot:
             self.remove(key)
+        self._adopt_finished_build()  # before this row exists: the graph gets it exactly once, below
         n = len(self._keys)
         if n == len(self._vectors):
             self._vectors = np.concatenate([self._vectors, np.zeros_like(self._vectors)])
@@ -50,7 +79,7 @@ class PartitionIndex:
         self._slot[key] = n
         if self._hnsw is not None:
             self._hnsw.add(self._vectors[n:n + 1])  # type: ignore[attr-defined]
-        elif len(self._slot) >= self.hnsw_min:
+        elif self._pending is None and len(self._slot) >= self.hnsw_min:
             self._build_hnsw()
 
     def remove(self, key: str) -> None:
@@ -66,6 +95,7 @@ class PartitionIndex:
     def search(self, vector: np.ndarray, k: int) -> tuple[list[str], list[float]]:
         if not self._slot:
             return [], []
+        self._adopt_finished_build()
         if self._hnsw is None:
             n = len(self._keys)
             sims = self._vectors[:n] @ vector
@@ -81,14 +111,31 @@ class PartitionIndex:
         pairs = pairs[:k]
         return [p[0] for p in pairs], [p[1] for p in pairs]  # type: ignore[misc]
 
-    def _build_hnsw(self) -> None:
-        import faiss
+    @property
+    def building(self) -> bool:
+        return self._pending is not None
 
-        faiss.omp_set_num_threads(1)
-        index = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = EF_CONSTRUCTION
-        index.hnsw.efSearch = EF_SEARCH
-        index.add(self._vectors[:len(self._keys)])
+    def wait_for_build(self) -> None:
+        """Block until a background build is adopted (tests, benchmarks, a warm-up)."""
+        if self._pending is not None:
+            self._pending[0].result()
+            self._adopt_finished_build()
+
+    def _build_hnsw(self) -> None:
+        n = len(self._keys)
+        if not self.background:
+            self._hnsw = _new_hnsw(self._vectors[:n], self.dim)
+            return
+        self._pending = (_builder().submit(_new_hnsw, self._vectors[:n].copy(), self.dim), n)
+
+    def _adopt_finished_build(self) -> None:
+        if self._pending is None or not self._pending[0].done():
+            return
+        build, n = self._pending
+        self._pending = None
+        index = build.result()
+        if len(self._keys) > n:  # rows added while it was being built (dead ones stay tombstones)
+            index.add(self._vectors[n:len(self._keys)])  # type: ignore[attr-defined]
         self._hnsw = index
 
     def _compact(self) -> None:
@@ -101,5 +148,6 @@ class PartitionIndex:
         self._dead = np.zeros(len(self._vectors), dtype=bool)
         self._n_dead = 0
         self._hnsw = None
+        self._pending = None  # a build from before the compaction indexes the old slots: drop it
         if len(live) >= self.hnsw_min:
             self._build_hnsw()
