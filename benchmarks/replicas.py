@@ -25,7 +25,9 @@ simulator's speed.
 5. Decision cost: ``serving.replica_router.LearnedReplicaRouter`` driven without a cluster (16 fake
    replicas with engine stats and 300-hash prefix summaries, an 8,400-character prompt). ``rank`` (the
    decision: cached stats -> features -> ONNX -> ranking) and ``choose_replicas`` (+ Ray's
-   availability filter and prompt hashing, a new request every call) are timed separately.
+   availability filter and prompt hashing, a new request every call) are timed separately; best of 3
+   repeats (the repeat with the lowest ``rank`` p99; every repeat's p99 is in the JSON). Simulator speed
+   is also given per CPU second of this thread (robust to other processes on a shared box).
 
     python benchmarks/replicas.py [--quick]
     ->  benchmarks/results/replicas.json, benchmarks/results/replicas.png
@@ -155,7 +157,9 @@ def check_targets(results: dict[str, Any], decision: dict[str, Any], speed: dict
                                               "choose_replicas_p99_us": decision["choose_replicas_us"]["p99"],
                                               "load_average_1m": decision["load_average_1m"]}
     slowest = min(v["requests_per_wall_s"] for k, v in speed.items() if not k.startswith("learned"))
+    slowest_cpu = min(v["requests_per_cpu_s"] for k, v in speed.items() if not k.startswith("learned"))
     targets["simulator_requests_per_wall_s"] = {"value": slowest, "target": ">= 50000", "met": slowest >= 50_000,
+                                                "requests_per_cpu_s": slowest_cpu,
                                                 "note": "slowest heuristic-policy run; learned listed separately"}
     return targets
 
@@ -168,20 +172,25 @@ def sim_speed(traces: dict[str, Trace], scorer: ReplicaScorer, quick: bool) -> d
              ("learned/mooncake_conversation", traces["mooncake_conversation"], "learned")]
     for name, trace, policy in cases:
         scaled = scale_to_load(trace, 0.8, N_REPLICAS).trace
-        best = 0.0
+        best, best_cpu = 0.0, 0.0
         for _ in range(3):
+            c0 = time.thread_time()
             res = simulate(scaled, N_REPLICAS, make_policy(policy, seed=0, scorer=scorer))
+            best_cpu = max(best_cpu, trace.n / max(time.thread_time() - c0, 1e-9))
             best = max(best, trace.n / res.wall_s)
-        runs[name] = {"requests": trace.n, "requests_per_wall_s": best, "prefix_hashes": trace.has_prefixes}
-    table("simulator speed (best of 3, load 0.8, 4 replicas)", ["run", "requests", "requests / wall s"],
-          [[k, v["requests"], v["requests_per_wall_s"]] for k, v in runs.items()])
+        runs[name] = {"requests": trace.n, "requests_per_wall_s": best, "requests_per_cpu_s": best_cpu,
+                      "prefix_hashes": trace.has_prefixes}
+    table(f"simulator speed (best of 3, load 0.8, 4 replicas; 1m load average {os.getloadavg()[0]:.2f})",
+          ["run", "requests", "requests / wall s", "requests / CPU s"],
+          [[k, v["requests"], v["requests_per_wall_s"], v["requests_per_cpu_s"]] for k, v in runs.items()],
+          caption="CPU s: this thread's CPU time (excludes time other processes held the core)")
     return runs
 
 
 # ---------------------------------------------------------------------------------------------- decision cost
 
 
-def decision_cost(model_dir: Path, n_calls: int, n_replicas: int = 16) -> dict[str, Any]:
+def decision_cost(model_dir: Path, n_calls: int, n_replicas: int = 16, repeats: int = 3) -> dict[str, Any]:
     from ray.serve._private.common import DeploymentHandleSource, DeploymentID, ReplicaID, RequestMetadata
     from ray.serve.request_router import PendingRequest, RunningReplica
 
@@ -221,41 +230,67 @@ def decision_cost(model_dir: Path, n_calls: int, n_replicas: int = 16) -> dict[s
         router.update_replicas([Replica(f"r{i}", stats()) for i in range(n_replicas)])
         cands = list(router.curr_replicas.values())
         req = request_from_body(body)
-        rank_ns, choose_ns, rank_cpu_ns = [], [], []
-        gc.collect()
-        for i in range(n_calls):
+        rounds = []
+        for _ in range(repeats):
+            rank_ns, choose_ns, rank_cpu_ns = [], [], []
+            gc.collect()
+            for i in range(n_calls):
+                pr = PendingRequest(args=[body, "chat"], kwargs={},
+                                    metadata=RequestMetadata(request_id=str(i), internal_request_id=str(i)))
+                c0 = time.thread_time_ns()
+                t0 = time.perf_counter_ns()
+                router.rank(cands, req)
+                t1 = time.perf_counter_ns()
+                c1 = time.thread_time_ns()
+                await router.choose_replicas(cands, pr)
+                t2 = time.perf_counter_ns()
+                rank_ns.append(t1 - t0)
+                choose_ns.append(t2 - t1)
+                rank_cpu_ns.append(c1 - c0)
+            skip = n_calls // 10  # warm-up
+            rounds.append({"rank": np.array(rank_ns[skip:]), "choose": np.array(choose_ns[skip:]),
+                           "rank_cpu": np.array(rank_cpu_ns[skip:])})
+        # the serving steady state: stats snapshots 0.5 s old and 8 requests per replica sent since then,
+        # so every decision also adds the router's own recent sends to each replica's state
+        for replica in cands:
+            replica._stats = {**replica._stats, "ts": time.time() - 0.5}
+        for i, replica in enumerate(cands * 8):
             pr = PendingRequest(args=[body, "chat"], kwargs={},
-                                metadata=RequestMetadata(request_id=str(i), internal_request_id=str(i)))
-            c0 = time.thread_time_ns()
+                                metadata=RequestMetadata(request_id=f"s{i}", internal_request_id=f"s{i}"))
+            router.on_request_routed(pr, replica.replica_id, None)
+        inflight_ns = []
+        for i in range(n_calls):
             t0 = time.perf_counter_ns()
             router.rank(cands, req)
-            t1 = time.perf_counter_ns()
-            c1 = time.thread_time_ns()
-            await router.choose_replicas(cands, pr)
-            t2 = time.perf_counter_ns()
-            rank_ns.append(t1 - t0)
-            choose_ns.append(t2 - t1)
-            rank_cpu_ns.append(c1 - c0)
+            inflight_ns.append(time.perf_counter_ns() - t0)
+        rounds[0]["inflight"] = np.array(inflight_ns[n_calls // 10:])
         if router.n_fallbacks or router.scorer_error is not None:
             raise RuntimeError(f"the router fell back to pow-2 ({router.n_fallbacks}, {router.scorer_error})")
-        skip = n_calls // 10  # warm-up
-        return {"rank": np.array(rank_ns[skip:]), "choose": np.array(choose_ns[skip:]),
-                "rank_cpu": np.array(rank_cpu_ns[skip:])}
+        return rounds
 
-    ns = asyncio.run(run())
-    out: dict[str, Any] = {"replicas": n_replicas, "calls": n_calls, "prompt_chars": len(text),
-                           "load_average_1m": os.getloadavg()[0]}
+    def summary(ns: np.ndarray) -> dict[str, float]:
+        us = ns / 1e3
+        return {"p50": float(np.percentile(us, 50)), "p90": float(np.percentile(us, 90)),
+                "p99": float(np.percentile(us, 99)), "mean": float(us.mean())}
+
+    rounds = asyncio.run(run())
+    # best of `repeats` (as timeit does): on a shared box another process's burst inflates one round's tail
+    best = min(rounds, key=lambda r: float(np.percentile(r["rank"], 99)))
+    out: dict[str, Any] = {"replicas": n_replicas, "calls": n_calls, "repeats": repeats, "prompt_chars": len(text),
+                           "load_average_1m": os.getloadavg()[0],
+                           "reported": "the repeat with the lowest rank_us p99; every repeat's p99 in rank_us_p99_by_repeat",
+                           "rank_us_p99_by_repeat": [summary(r["rank"])["p99"] for r in rounds]}
     for key, label in (("rank", "rank_us"), ("rank_cpu", "rank_thread_cpu_us"), ("choose", "choose_replicas_us")):
-        us = ns[key] / 1e3
-        out[label] = {"p50": float(np.percentile(us, 50)), "p90": float(np.percentile(us, 90)),
-                      "p99": float(np.percentile(us, 99)), "mean": float(us.mean())}
-    table(f"LearnedReplicaRouter decision cost, {n_replicas} replicas (us; 1m load average "
+        out[label] = summary(best[key])
+    out["rank_with_inflight_sends_us"] = summary(rounds[0]["inflight"])  # one repeat (info)
+    table(f"LearnedReplicaRouter decision cost, {n_replicas} replicas, best of {repeats} (us; 1m load average "
           f"{out['load_average_1m']:.2f} on {os.cpu_count()} cores)", ["part", "p50", "p90", "p99", "mean"],
           [[label, *(out[label][k] for k in ("p50", "p90", "p99", "mean"))]
-           for label in ("rank_us", "rank_thread_cpu_us", "choose_replicas_us")],
+           for label in ("rank_us", "rank_thread_cpu_us", "choose_replicas_us", "rank_with_inflight_sends_us")],
           caption="rank = the decision (features + ONNX + ranking) on cached stats, wall clock; thread_cpu = the "
                   "same calls in CPU time of this thread (excludes time other processes held the core); "
-                  "choose_replicas adds Ray's availability filter and hashing a new 8.4k-char prompt")
+                  "choose_replicas adds Ray's availability filter and hashing a new 8.4k-char prompt; "
+                  "with_inflight_sends: stats 0.5 s old and 8 sends per replica since (one repeat)")
     return out
 
 

@@ -174,10 +174,62 @@ def features_from_states(states: Any, hit_tokens: Any, input_tokens: Any) -> np.
     return x.astype(np.float32)
 
 
+class FeatureRows:
+    """``features_from_states`` for one set of replica states, preallocated: the float32 rows ``x`` hold
+    the state columns, and ``fill`` rewrites only the request columns (7..11) in place.
+
+    The serving hot path (``serving.replica_router``): a decision writes five columns instead of
+    building a matrix, and ``x`` can stay bound to an ONNX session (``ReplicaScorer.bind``). Values are
+    bitwise those of ``features_from_states`` (the same float64 arithmetic, one cast to float32).
+    """
+
+    __slots__ = ("x", "_wait", "_speed", "_work")
+
+    def __init__(self, states: Any) -> None:
+        st = np.asarray(states, dtype=np.float64).reshape(-1, N_STATE)
+        self.x = np.zeros((st.shape[0], len(REPLICA_FEATURE_NAMES)), dtype=np.float32)
+        self._work = np.empty((2, st.shape[0]), dtype=np.float64)  # work_ahead_tokens, work_ahead_token_s
+        self.set_states(st)
+
+    def set_states(self, states: Any) -> None:
+        """Replace the state columns (same shape as at construction)."""
+        st = np.asarray(states, dtype=np.float64).reshape(-1, N_STATE)
+        self.x[:, :N_STATE] = st
+        self._wait = st[:, 3].copy()
+        self._speed = st[:, 6] / 1000.0
+
+    def set_queued(self, num_waiting: np.ndarray, waiting_tokens: np.ndarray) -> None:
+        """Replace only the ``num_waiting`` and ``waiting_tokens`` columns (float64 ``(n,)``; kept, not copied)."""
+        self.x[:, 1] = num_waiting
+        self.x[:, 3] = waiting_tokens
+        self._wait = waiting_tokens
+
+    def fill(self, hit_tokens: Sequence[int], input_tokens: int) -> np.ndarray:
+        """Write the request columns for a request of ``input_tokens`` with ``hit_tokens`` per row; returns ``x``."""
+        x, work = self.x, self._work
+        n_in = float(input_tokens)
+        if any(hit_tokens):
+            hits = np.array(hit_tokens, dtype=np.float64)
+            uncached: Any = np.maximum(n_in - hits, 1.0)
+            x[:, 7] = n_in
+            x[:, 8] = hits
+            x[:, 9] = uncached
+        else:  # no prefix hit anywhere (the common case): the three columns are constants
+            uncached = n_in if n_in > 1.0 else 1.0
+            x[:, 7:10] = (n_in, 0.0, uncached)
+        np.add(self._wait, uncached, out=work[0])
+        np.multiply(work[0], self._speed, out=work[1])
+        x[:, 10:12] = work.T
+        return x
+
+
 def request_hits(request: ReplicaRequest, summaries: Sequence[Container[int] | None]) -> list[int]:
     """``prefix_hit_tokens`` of ``request`` on each replica's prefix summary."""
     hashes, n_in = request.prefix_hashes, request.input_tokens
     if not hashes:
+        return [0] * len(summaries)
+    first = hashes[0]
+    if not any([s is not None and first in s for s in summaries]):  # no replica has even the first block
         return [0] * len(summaries)
     n = len(hashes)
     probes = [(hashes[p], min((p + 1) * BLOCK_TOKENS, n_in - 1)) for p in PREFIX_CHECKPOINTS if p < n]
@@ -253,6 +305,42 @@ class ReplicaScorer:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Predicted log TTFT, shape ``(n,)``, for ``x`` of shape ``(n, n_features)`` float32."""
         return self.session.run([self._output], {self._input: x})[0].reshape(-1)
+
+    def bind(self, x: np.ndarray) -> BoundScorer:
+        """A predictor over the fixed buffer ``x`` (its current contents at each call); see ``BoundScorer``."""
+        return BoundScorer(self, x)
+
+
+class BoundScorer:
+    """``ReplicaScorer.predict`` on one preallocated float32 C-contiguous ``(n, n_features)`` buffer.
+
+    ONNX Runtime I/O binding to ``x``'s and an output array's memory: a call copies nothing in or out
+    and allocates nothing (the serving hot path; ``predict`` converts a dict of arrays each call). The
+    returned ``(n,)`` array is overwritten by the next call; ``x`` must outlive this object (it is kept).
+
+    Raises:
+        ValueError: ``x`` is not float32, C-contiguous, ``(n, len(REPLICA_FEATURE_NAMES))``.
+    """
+
+    __slots__ = ("x", "y", "_binding", "_run")
+
+    def __init__(self, scorer: ReplicaScorer, x: np.ndarray) -> None:
+        if (x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != len(REPLICA_FEATURE_NAMES)
+                or not x.flags.c_contiguous):
+            raise ValueError(f"BoundScorer needs a C-contiguous float32 (n, {len(REPLICA_FEATURE_NAMES)}) array; "
+                             f"got {x.dtype} {x.shape}")
+        self.x = x
+        self.y = np.empty((x.shape[0], 1), dtype=np.float32)
+        binding = scorer.session.io_binding()
+        binding.bind_input(scorer._input, "cpu", 0, np.float32, list(x.shape), x.ctypes.data)
+        binding.bind_output(scorer._output, "cpu", 0, np.float32, list(self.y.shape), self.y.ctypes.data)
+        self._binding = binding
+        self._run = scorer.session.run_with_iobinding
+
+    def __call__(self) -> np.ndarray:
+        """Predicted log TTFT of the rows ``x`` holds now, shape ``(n,)`` (a view, reused)."""
+        self._run(self._binding)
+        return self.y[:, 0]
 
 
 # ---------------------------------------------------------------------------------------------- policies
@@ -438,6 +526,10 @@ class Learned:
         if self.scorer is None:
             raise RuntimeError("Learned.rank_features needs a scorer")
         return rank_by_scores(self.scorer.predict(x).tolist(), self._rnd)
+
+    def rank_predictions(self, log_ttft: Sequence[float]) -> list[int]:
+        """Best first by predictions the caller made with ``scorer`` (e.g. a ``BoundScorer``); ties at random."""
+        return rank_by_scores(log_ttft, self._rnd)
 
     def rank(self, stats: Sequence[Mapping[str, Any] | None], request: ReplicaRequest,
              queue_lens: Sequence[int | None] | None = None) -> list[int]:

@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
-from router.replica import (Learned, ReplicaRequest, ReplicaScorer, ReplicaState, choose_pow2, features_from_states,
-                            has_stats, prefix_hit_tokens, replica_load, replica_state, request_from_body, request_hits)
+from router.replica import (FeatureRows, Learned, ReplicaRequest, ReplicaScorer, ReplicaState, choose_pow2, has_stats,
+                            prefix_hit_tokens, replica_load, replica_state, request_from_body, request_hits)
 
 logger = logging.getLogger("ray.serve")
 # a replica's cached view: (its stats object, replica_state of it, prefix summary as a set, unique id)
 _Snap = tuple[Mapping[str, Any], ReplicaState, Container[int] | None, str]
+_NO_SENDS = (0, 0)
 
 
 class SafeRequestRouter(FIFOMixin, RequestRouter):
@@ -107,9 +108,12 @@ class LearnedReplicaRouter(SafeRequestRouter):
         self._requests: OrderedDict[str, ReplicaRequest] = OrderedDict()
         # replica unique id -> {internal request id: (wall time sent, uncached prompt tokens)} until completed
         self._sent: dict[str, OrderedDict[str, tuple[float, int]]] = {}
+        # replica unique id -> its snapshot's ``ts``, and [requests, tokens] of ``_sent`` sent after it:
+        # kept up to date on every send, completion and new snapshot, so a decision just reads them
+        self._ts: dict[str, float] = {}
+        self._late: dict[str, list[int]] = {}
         self._snaps: dict[RunningReplica, _Snap] = {}  # weak in effect: pruned in update_replicas
-        # (candidates, their stats objects, snapshots, state matrix) of the last call: reused while unchanged
-        self._matrix: tuple[list[RunningReplica], list[Any], list[_Snap], np.ndarray] | None = None
+        self._batch: _Batch | None = None  # the last call's candidates, stats and feature rows: reused while unchanged
 
     @property
     def n_fallbacks(self) -> int:
@@ -127,29 +131,25 @@ class LearnedReplicaRouter(SafeRequestRouter):
         """Candidate indices, best first (the decision ``choose_replicas`` wraps; benchmarked alone).
 
         Hot path (p99 <= 0.1 ms for 16 replicas, ``benchmarks/replicas.py``): each replica's
-        ``replica_state`` and prefix set are built once per stats object, the state matrix once per
-        set of stats objects (checked by identity, in C, against the last call's candidates and stats);
-        per request only the sends since the snapshots, the prefix hits and ``features_from_states``
-        are computed before the ONNX call.
+        ``replica_state`` and prefix set are built once per stats object; the feature rows
+        (``router.replica.FeatureRows``, bound to the ONNX session without copies) once per set of stats
+        objects (checked by identity, in C, against the last call's candidates and stats); the router's
+        own sends since the snapshots are added to the rows as they happen (``_count_late``). Per request
+        only the prefix hits and five feature columns are computed before the ONNX call.
         """
         policy = self._state()
         stats = [r.routing_stats for r in cands]
-        last = self._matrix
-        if (policy.scorer is not None and last is not None and len(last[0]) == len(cands)
-                and all(map(is_, last[0], cands)) and all(map(is_, last[1], stats))):
-            snaps, states = last[2], last[3]  # same replicas, same stats objects: the common case
-        else:
+        batch = self._batch
+        if not (policy.scorer is not None and batch is not None and len(batch.cands) == len(cands)
+                and all(map(is_, batch.cands, cands)) and all(map(is_, batch.stats, stats))):
             maybe = [self._snapshot(r) for r in cands]
             if policy.scorer is None or None in maybe:
                 queue_lens = [self.replica_queue_len_cache.get(r.replica_id) for r in cands]
                 return policy.rank(stats, request, queue_lens)
-            snaps = maybe  # type: ignore[assignment]
-            states = np.array([s[1] for s in snaps], dtype=np.float64)
-            self._matrix = (list(cands), stats, snaps, states)
-        if self._sent:
-            states = self._add_sends(snaps, states)  # type: ignore[arg-type]
-        x = features_from_states(states, request_hits(request, [s[2] for s in snaps]), request.input_tokens)  # type: ignore[index]
-        return policy.rank_features(x)
+            batch = self._batch = _Batch(list(cands), stats, maybe, policy.scorer)  # type: ignore[arg-type]
+            batch.add_sends([self._late.get(rid, _NO_SENDS) for rid in batch.ids])
+        batch.rows.fill(request_hits(request, batch.summaries), request.input_tokens)
+        return policy.rank_predictions(batch.predict().tolist())
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
@@ -158,49 +158,48 @@ class LearnedReplicaRouter(SafeRequestRouter):
             ids = {r.replica_id.unique_id for r in replicas}
             self._snaps = {r: s for r, s in self._snaps.items() if r in alive}
             self._sent = {rid: q for rid, q in self._sent.items() if rid in ids}
-            self._matrix = None
+            self._ts = {rid: t for rid, t in self._ts.items() if rid in ids}
+            self._late = {rid: c for rid, c in self._late.items() if rid in ids}
+            self._batch = None
 
-    def _add_sends(self, snaps: list[_Snap], states: np.ndarray) -> np.ndarray:
-        """``states`` plus the requests this router sent each replica after its stats snapshot (``ts``)."""
-        out = states
-        for i, snap in enumerate(snaps):
-            sent = self._sent.get(snap[3])
-            ts = snap[0].get("ts")
-            if not sent or not isinstance(ts, (int, float)):
-                continue
-            n, tokens = 0, 0
-            for t, n_tokens in sent.values():  # in send order; only the newest are after the snapshot
-                if t > ts:
-                    n += 1
-                    tokens += n_tokens
-            if n:
-                if out is states:
-                    out = states.copy()
-                out[i] = replica_state(snap[0], n, tokens)
-        return out
+    def _count_late(self, rid: str, sign: int, sent_s: float, tokens: int) -> None:
+        """Count a send (``sign`` +1) or its completion or eviction (-1) if it is later than the snapshot."""
+        ts = self._ts.get(rid)
+        if ts is not None and sent_s > ts:
+            c = self._late.setdefault(rid, [0, 0])
+            c[0] += sign
+            c[1] += sign * tokens
+            batch = self._batch
+            if batch is not None:
+                i = batch.index.get(rid)
+                if i is not None:
+                    batch.add_send(i, sign, sign * tokens)
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: Any, result: Any) -> None:
         try:
             key = pending_request.metadata.internal_request_id
             request = self._requests.pop(key, None) or self._request(pending_request, remember=False)
             rid = replica_id.unique_id
-            snap = next((v for v in self._snaps.values() if v[3] == rid), None)
+            snap = next((v for v in self._snaps.values() if v[3] == rid), None)  # not hot: once per request
             hit = prefix_hit_tokens(request.prefix_hashes, snap[2], request.input_tokens) if snap else 0
             sent = self._sent.get(rid)
             if sent is None:
                 sent = self._sent[rid] = OrderedDict()
-            sent[key] = (time.time(), max(request.input_tokens - hit, 1))
+            entry = sent[key] = (time.time(), max(request.input_tokens - hit, 1))
+            self._count_late(rid, 1, *entry)
             while len(sent) > self.MAX_TRACKED:
-                sent.popitem(last=False)
+                self._count_late(rid, -1, *sent.popitem(last=False)[1])
         except Exception:  # bookkeeping only; never disturb routing
             logger.exception("LearnedReplicaRouter.on_request_routed failed")
         super().on_request_routed(pending_request, replica_id, result)
 
     def on_request_completed(self, replica_id: Any, internal_request_id: str) -> None:
         try:
-            sent = self._sent.get(replica_id.unique_id)
-            if sent:
-                sent.pop(internal_request_id, None)
+            rid = replica_id.unique_id
+            sent = self._sent.get(rid)
+            entry = sent.pop(internal_request_id, None) if sent else None
+            if entry is not None:
+                self._count_late(rid, -1, *entry)
         except Exception:  # bookkeeping only
             logger.exception("LearnedReplicaRouter.on_request_completed failed")
         super().on_request_completed(replica_id, internal_request_id)
@@ -230,7 +229,61 @@ class LearnedReplicaRouter(SafeRequestRouter):
             if not has_stats(stats):
                 return None
             summary = stats.get("prefix_summary")
-            snap = (stats, replica_state(stats), frozenset(summary) if isinstance(summary, list) else summary,
-                    replica.replica_id.unique_id)
+            rid = replica.replica_id.unique_id
+            snap = (stats, replica_state(stats), frozenset(summary) if isinstance(summary, list) else summary, rid)
             self._snaps[replica] = snap
+            self._new_snapshot_ts(rid, stats.get("ts"))
         return snap
+
+    def _new_snapshot_ts(self, rid: str, ts: Any) -> None:
+        """Recount the sends later than a new snapshot's ``ts`` (none count without a numeric ``ts``)."""
+        self._late.pop(rid, None)
+        if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+            self._ts.pop(rid, None)
+            return
+        self._ts[rid] = float(ts)
+        n, tokens = 0, 0
+        for t, n_tokens in reversed(self._sent.get(rid, {}).values()):  # newest first: stop at the snapshot
+            if t <= ts:
+                break
+            n += 1
+            tokens += n_tokens
+        if n:
+            self._late[rid] = [n, tokens]
+
+
+class _Batch:
+    """One set of candidates with their stats objects: snapshots, prefix summaries, the state matrix and
+    the feature rows bound to the scorer (rebuilt when a candidate or a stats object changes)."""
+
+    __slots__ = ("cands", "stats", "snaps", "ids", "index", "summaries", "states", "rows", "predict", "_waiting",
+                 "_tokens")
+
+    def __init__(self, cands: list[RunningReplica], stats: list[Any], snaps: list[_Snap], scorer: ReplicaScorer) -> None:
+        self.cands, self.stats, self.snaps = cands, stats, snaps
+        self.ids = [s[3] for s in snaps]
+        self.index = {rid: i for i, rid in enumerate(self.ids)}
+        self.summaries = [s[2] for s in snaps]
+        self.states = np.array([s[1] for s in snaps], dtype=np.float64)
+        self.rows = FeatureRows(self.states)
+        self.predict = scorer.bind(self.rows.x)
+        self._waiting = self.states[:, 1].copy()  # num_waiting and waiting_tokens with the sends since the snapshots
+        self._tokens = self.states[:, 3].copy()
+        self.rows.set_queued(self._waiting, self._tokens)
+
+    def add_sends(self, counts: list[Any]) -> None:
+        """Add ``counts[i] = (requests, tokens)`` sent replica ``i`` since its snapshot (at build)."""
+        for i, (n, tokens) in enumerate(counts):
+            if n:
+                self.add_send(i, n, tokens)
+
+    def add_send(self, i: int, n: int, tokens: int) -> None:
+        """Row ``i`` gains ``n`` waiting requests of ``tokens`` prefill tokens (negative: they completed).
+
+        Integer steps in float64 are exact: the rows stay bitwise ``replica_state(stats, sent, sent_tokens)``.
+        """
+        self._waiting[i] += n
+        self._tokens[i] += tokens
+        x = self.rows.x
+        x[i, 1] = self._waiting[i]
+        x[i, 3] = self._tokens[i]

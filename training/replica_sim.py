@@ -4,9 +4,10 @@
 every replica's stats snapshot (``ReplicaEngine.stats``, the same keys a Serve replica reports) and
 picks one; with ``telemetry=True`` the features of the chosen replica (``router.replica.replica_features``,
 the one featurization) are logged with the realised TTFT: that is the replica scorer's training data.
-One heap holds each replica's next event (lazy deletion by version number); arrivals are merged from the
-sorted trace. Cost is a few heap operations per request (>= 50k requests per wall second, measured in
-``benchmarks/replicas.py``).
+A list holds each replica's next event time (the end of its current run of identical steps; updated
+when the engine re-plans) and ``min`` over it picks the next one: engines are independent, so events at
+equal times may run in any order. Arrivals are merged from the sorted trace. Cost is a few operations
+per request (>= 50k requests per wall second is the target, measured in ``benchmarks/replicas.py``).
 
 **Load.** ``load = offered request rate / (n_replicas * capacity_rps)``, where ``capacity_rps`` is the
 throughput of one replica kept saturated with this trace's request mix (a sample all queued at t=0,
@@ -21,7 +22,6 @@ first is at most ``tpot_s``.
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -256,31 +256,25 @@ def simulate(trace: Trace, n_replicas: int, policy: ReplicaPolicy, *,
     chosen = [0] * n
     states: list[tuple[float, ...]] = []
     hits: list[int] = []
-    heap: list[tuple[float, int, int, int]] = []
-    push, pop = heapq.heappush, heapq.heappop
-    seq = 0
+    inf = math.inf
+    next_t = [inf] * n_replicas  # when each engine's current run ends (inf: idle); min() is cheaper than a heap
     needs = getattr(policy, "needs", "full")
     no_stats: list[None] = [None] * n_replicas
     choose = policy.choose
     choose_loads = getattr(policy, "choose_loads", None)
     if needs == "load" and choose_loads is None:
         needs = "full"
-    def run_until(until: float) -> None:
-        """Run every engine step that ends by ``until`` (stale heap entries are skipped by version)."""
-        nonlocal seq
-        while heap and heap[0][0] <= until:
-            _, _, r, ver = pop(heap)
-            e = engines[r]
-            if ver == e.version:
-                e.step_run()
-                if e.K:
-                    seq += 1
-                    push(heap, (e.t0 + e.K * e.dt, seq, r, e.version))
 
     t_wall = time.perf_counter()
-    for i in range(n):
-        t = arrival[i]
-        run_until(t)
+    for i in range(n + 1):
+        t = arrival[i] if i < n else inf
+        m = min(next_t)
+        while m <= t and m < inf:  # every engine run that ends by t (engines are independent: any order)
+            r = next_t.index(m)
+            next_t[r] = engines[r].step_run()
+            m = min(next_t)
+        if i == n:
+            break
         if needs == "load":
             r = choose_loads([e.n_admitted + len(e.waiting) for e in engines])
         elif needs == "full":
@@ -297,10 +291,8 @@ def simulate(trace: Trace, n_replicas: int, policy: ReplicaPolicy, *,
             hits.append(prefix_hit_tokens(hashes[i], snap["prefix_summary"], n_in[i]) if hashes[i] else 0)
         ver = e.version
         e.submit(t, i, n_in[i], n_out[i], hashes[i])
-        if e.version != ver and e.K:
-            seq += 1
-            push(heap, (e.t0 + e.K * e.dt, seq, r, e.version))
-    run_until(float("inf"))
+        if e.version != ver:  # re-planned (else the run still ends when it was planned to)
+            next_t[r] = e.t0 + e.K * e.dt if e.K else inf
     wall = time.perf_counter() - t_wall
     arr = trace.arrival_s
     ttft, e2e = np.array(first) - arr, np.array(done) - arr

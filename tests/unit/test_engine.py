@@ -125,6 +125,15 @@ def test_lru_evicts_a_prompts_tail_before_its_head() -> None:
     assert set(e.cache) == {4, 5}
 
 
+def test_hit_blocks_evicted_during_the_prefill_are_cached_again() -> None:
+    e = ReplicaEngine(cfg(prefix_cache_blocks=2))
+    # A caches (1, 2). At t=10, C (new blocks 7, 8) and B (hits 1, 2) prefill in the same step; C finishes
+    # first (FCFS) and evicts 1 and 2 before B's blocks are refreshed: B puts them back as most recent.
+    run(e, [(0.0, 1024, 1, (1, 2)), (10.0, 1024, 1, (7, 8)), (10.0, 1536, 1, (1, 2, 3))])
+    assert e.first[2] - 10.0 == pytest.approx(BASE + (1024 + 512) * TOK)  # B hit 1,024 tokens; one shared step
+    assert list(e.cache) == [2, 1]
+
+
 def test_prefix_cache_off() -> None:
     e = ReplicaEngine(cfg(prefix_cache_blocks=0))
     run(e, [(0.0, 1536, 1, (1, 2, 3)), (10.0, 1536, 1, (1, 2, 3))])

@@ -7,7 +7,7 @@ import asyncio
 import json
 import shutil
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,10 @@ from ray.serve._private.common import DeploymentHandleSource, DeploymentID, Repl
 from ray.serve.request_router import PendingRequest, RunningReplica
 
 from router.errors import ArtifactError, FeatureMismatchError
-from router.replica import (PREFIX_CHECKPOINTS, REPLICA_FEATURE_NAMES, Learned, PrefixAffinity, ReplicaRequest,
-                            ReplicaScorer, has_stats, make_policy, prefix_hit_tokens, prompt_block_hashes,
-                            rank_by_scores, replica_feature_matrix, replica_features, request_from_body)
+from router.replica import (PREFIX_CHECKPOINTS, REPLICA_FEATURE_NAMES, FeatureRows, Learned, PrefixAffinity,
+                            ReplicaRequest, ReplicaScorer, features_from_states, has_stats, make_policy,
+                            prefix_hit_tokens, prompt_block_hashes, rank_by_scores, replica_feature_matrix,
+                            replica_features, replica_state, request_from_body)
 from serving.replica_router import LearnedReplicaRouter, Pow2ReplicaRouter
 from training.replica_eval import train_quick_scorer
 
@@ -153,6 +154,9 @@ class FakeScorer:
         self.calls += 1
         return x[:, REPLICA_FEATURE_NAMES.index("work_ahead_tokens")] / 1000.0
 
+    def bind(self, x: np.ndarray) -> Callable[[], np.ndarray]:
+        return lambda: self.predict(x)
+
 
 def test_learned_takes_the_argmin_and_ranks_best_first() -> None:
     p = Learned(FakeScorer(), seed=0)  # type: ignore[arg-type]
@@ -194,6 +198,32 @@ def test_scorer_loads_and_predicts(quick_model: Path) -> None:
     pred = scorer.predict(x)
     assert pred.shape == (2,) and pred[0] < pred[1]  # a deep prefill queue predicts a later first token
     assert ReplicaScorer(quick_model / "replicas.onnx").predict(x).tolist() == pred.tolist()
+
+
+def test_feature_rows_are_bitwise_the_featurization() -> None:
+    rng = np.random.default_rng(3)
+    states = np.column_stack([rng.integers(0, 200, 9), rng.integers(0, 50, 9), rng.integers(0, 400_000, 9),
+                              rng.integers(0, 10**6, 9), rng.random(9), rng.integers(0, 400_000, 9),
+                              rng.uniform(1, 500, 9)]).astype(np.float64)
+    rows = FeatureRows(states)
+    for hits in ([0] * 9, [0, 512, 0, 0, 0, 0, 0, 0, 4096], [10**6] * 9):
+        for n_in in (0, 1, 2, 1537, 16_777_217, 123_456_789):
+            want = features_from_states(states, hits, n_in)
+            assert rows.fill(hits, n_in).tobytes() == want.tobytes(), (hits, n_in)
+    shifted = states + 1.5
+    rows.set_states(shifted)
+    assert rows.fill([7] * 9, 100).tobytes() == features_from_states(shifted, [7] * 9, 100).tobytes()
+
+
+def test_bound_scorer_predicts_what_predict_does_on_the_live_buffer(quick_model: Path) -> None:
+    scorer = ReplicaScorer(quick_model)
+    rows = FeatureRows(np.array([replica_state(stats(ongoing=k, waiting_tokens=3000 * k)) for k in range(5)]))
+    bound = scorer.bind(rows.x)
+    for n_in, hits in ((500, [0] * 5), (9000, [0, 8191, 0, 4096, 0])):
+        x = rows.fill(hits, n_in)  # written in place: the binding must see the new contents
+        assert bound().tolist() == scorer.predict(x.copy()).tolist()
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        scorer.bind(np.zeros((3, len(REPLICA_FEATURE_NAMES)), dtype=np.float64))
 
 
 def test_scorer_refuses_a_mismatched_or_corrupt_model(quick_model: Path, tmp_path: Path) -> None:
@@ -353,9 +383,9 @@ def test_learned_router_counts_its_own_sends_until_the_next_snapshot(three: list
             router.on_request_routed(pr, ranks[0][0].replica_id, None)
             routed.append(str(i))
             routed_to.append(ranks[0][0].replica_id.unique_id)
-        def state() -> np.ndarray:
+        def state() -> tuple[float, ...]:  # "idle" as the router sees it: its snapshot plus the late sends
             snap = router._snapshot(three[1])
-            return router._add_sends([snap], np.array([snap[1]]))[0]  # type: ignore[no-any-return]
+            return replica_state(snap[0], *router._late.get("idle", (0, 0)))
 
         assert state()[1] >= 1 and state()[3] >= 4000  # num_waiting, waiting_tokens: sends count until a new snapshot
         waiting = state()[1]
@@ -364,6 +394,42 @@ def test_learned_router_counts_its_own_sends_until_the_next_snapshot(three: list
         assert state()[1] == waiting - 1
         three[1]._stats = stats(ts=1e12)  # a snapshot taken after them already includes them
         assert state()[1] == 0
+
+    asyncio.run(body())
+
+
+def test_learned_router_rows_follow_sends_and_completions(three: list[FakeReplica]) -> None:
+    async def body() -> None:
+        for r in three:
+            r._stats = {**r._stats, "ts": 0.0}  # snapshots taken long ago: every send counts
+        router = make_router(replicas=three)
+        router._policy.scorer = FakeScorer()
+        cands = list(router.curr_replicas.values())
+        request = ReplicaRequest(6000)
+
+        def expected() -> bytes:  # from the send log itself, not the router's running counts
+            states = []
+            for r in cands:
+                ts = r.routing_stats["ts"]
+                sends = [n for t, n in router._sent.get(r.replica_id.unique_id, {}).values() if t > ts]
+                states.append(replica_state(r.routing_stats, len(sends), sum(sends)))
+            return features_from_states(states, [0] * 3, 6000).tobytes()  # type: ignore[no-any-return]
+
+        router.rank(cands, request)
+        before = router._batch.rows.x.tobytes()
+        assert before == expected()
+        for key, to in (("a", 1), ("b", 1), ("c", 2)):
+            router.on_request_routed(pending("z" * 4000, rid=key), cands[to].replica_id, None)
+        router.rank(cands, request)
+        assert router._batch.rows.x.tobytes() == expected() != before
+        router.on_request_completed(cands[1].replica_id, "a")
+        router.rank(cands, request)
+        assert router._batch.rows.x.tobytes() == expected()
+        cands[2]._stats = {**cands[2]._stats, "ts": 1e12}  # a new snapshot that already includes "c"
+        router.on_request_completed(cands[1].replica_id, "b")
+        router.rank(cands, request)  # back to the snapshots' own states
+        assert router._batch.rows.x.tobytes() == expected() == before
+        assert not any(c[0] for c in router._late.values())
 
     asyncio.run(body())
 
