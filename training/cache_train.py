@@ -8,7 +8,10 @@ Two inputs, two jobs:
   verifier (XGBoost on ``router.cache_features`` pair features, exported to ONNX); stream B --
   disjoint answers -- picks, per category, the lowest cosine threshold and the lowest verifier cutoff
   whose replayed false-hit rate stays <= ``target_false_hit_rate`` (the pooled value where a category
-  has too few hits to say).
+  has too few hits, or no hard negatives, to say). The verifier's probability is constrained to rise
+  with the cosine and fall on a negation / opposite / number disagreement. A category no policy knows
+  (CLINC's, at evaluation) gets the cutoff fitted on the held-out pairs of ShareGPT prompts, which
+  train the verifier's "unknown category" column, when those pin it down, else the pooled one.
 * **Economics** come from the logs. The logged prompts of each category are replayed through the
   real cache with those thresholds: the measured hit rate is the *expected hit rate*; the measured
   lookup time over the median logged model latency of that category is the *break-even hit rate*.
@@ -35,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from router.cache import CachePolicy, CategoryCachePolicy, EncoderFiles, LoadAdaptation, ResponseCache
-from router.cache_features import normalise
+from router.cache_features import PAIR_FEATURES, normalise
 from router.cache_verifier import HitVerifier, VerifierInfo
 from router.config import RouterConfig
 from router.onnx_session import make_session
@@ -74,15 +77,26 @@ class Matchers:
         return HitVerifier(self.verifier_onnx, self.verifier_info)
 
 
-def fit_verifier(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[Any, bytes]:
+# the verifier's probability may only rise with the cosine and only fall on a disagreement (negation,
+# opposite, number): a shape that holds in any domain, so what is learnt from generated pairs transfers
+MONOTONE = {"cosine": 1, "negation_mismatch": -1, "opposite_flip": -1, "number_mismatch": -1}
+
+
+def monotone_constraints(n_features: int) -> tuple[int, ...]:
+    return tuple(MONOTONE.get(PAIR_FEATURES[i], 0) if i < len(PAIR_FEATURES) else 0 for i in range(n_features))
+
+
+def fit_verifier(x: np.ndarray, y: np.ndarray, seed: int = 0, *, monotone: bool = True) -> tuple[Any, bytes]:
     """Gradient-boosted trees (XGBoost, trained on float32 so ONNX's float32 split thresholds match
-    exactly) on pair features + the ONNX export (``input`` -> ``probabilities``)."""
+    exactly) on pair features + the ONNX export (``input`` -> ``probabilities``); ``monotone``:
+    the ``MONOTONE`` constraints."""
     import xgboost as xgb
     from onnxmltools import convert_xgboost
     from onnxmltools.convert.common.data_types import FloatTensorType
 
+    extra = {"monotone_constraints": monotone_constraints(x.shape[1])} if monotone else {}
     model = xgb.XGBClassifier(n_estimators=150, max_depth=4, learning_rate=0.1, subsample=0.9, colsample_bytree=0.9,
-                              min_child_weight=2, random_state=seed, n_jobs=1, tree_method="hist")
+                              min_child_weight=2, random_state=seed, n_jobs=1, tree_method="hist", **extra)
     model.fit(x.astype(np.float32), y)
     onx = convert_xgboost(model, initial_types=[("input", FloatTensorType([None, x.shape[1]]))], target_opset=15)
     return model, onx.SerializeToString()
@@ -126,11 +140,28 @@ def fit_matchers(encode: Callable[[list[str]], np.ndarray], taxonomy: Sequence[s
     for cat in sorted(set(ps_b.categories)):
         bt, bv = best_at(t_curve, target_fhr, cat), best_at(v_curve, target_fhr, cat)
         thresholds[cat] = bt[0] if bt and int(bt[1]["hits"]) >= MIN_CATEGORY_HITS else global_t
-        cutoffs[cat] = bv[0] if bv and int(bv[1]["hits"]) >= MIN_CATEGORY_HITS else global_c
+        cutoffs[cat] = (bv[0] if bv and int(bv[1]["hits"]) >= MIN_CATEGORY_HITS and binds(v_curve, target_fhr, cat)
+                        else global_c)
+    # a category the policy does not know is scored through the verifier's "unknown category" column:
+    # the cutoff fitted on held-out pairs of that column (e.g. ShareGPT prompts) when the data pins it
+    # down, else the pooled one
+    unknown = [c for c in cutoffs if c not in taxonomy]
+    if len(unknown) == 1:
+        global_c = cutoffs[unknown[0]]
+    for c in unknown:
+        thresholds.pop(c)
+        cutoffs.pop(c)
     metrics = {"fit_pairs": int(len(y)), "fit_positive_pairs": int(y.sum()), "stream_a": len(rows_a),
                "stream_b": len(rows_b), "global_threshold": global_t, "global_cutoff": global_c,
                "held_out_global_threshold": g_t[1] if g_t else None, "held_out_verifier": g_v[1] if g_v else None}
     return Matchers(thresholds, global_t, cutoffs, global_c, onnx_bytes, info, metrics)
+
+
+def binds(curve: list[tuple[float, Any]], target_fhr: float, category: str) -> bool:
+    """True when some point of ``curve`` breaks ``target_fhr`` for ``category``: only then do its
+    pairs say where the limit lies. A category whose held-out pairs hold no hard negatives would
+    otherwise get the loosest cutoff on the grid (seen with ShareGPT prompts: cutoff 0.05)."""
+    return any(r.summary(category)["false_hit_rate"] > target_fhr for _, r in curve)
 
 
 # ------------------------------------------------------------------------------------- economics

@@ -148,7 +148,7 @@ def cmd_eval_cache(a: argparse.Namespace) -> int:
                         target_fhr=a.target_false_hit_rate, shared_dir=shared, seed=a.seed,
                         step=lambda m: print(m, file=sys.stderr))
     _emit({"methods": {k: v["overall"] for k, v in report["methods"].items()}, "at_target": report["at_target"],
-           "latency_ms": report.get("latency_ms"), "out": a.out})
+           "matched": report["matched"], "latency_ms": report.get("latency_ms"), "out": a.out})
     return 0
 
 
@@ -495,11 +495,14 @@ insert). A hit is false when the cached row's answer_id differs. REPORT.json key
   methods.<rule>    overall and per_category {requests, hits, false_hits, hit_rate,
                     false_hit_rate (= false hits / hits), correct_hit_rate} for the rules
                     global_threshold (best single threshold, chosen on this stream: oracle baseline),
-                    per_category_thresholds (fitted), verifier (fitted ONNX hit verifier);
-                    plus threshold / thresholds / cutoffs used
+                    per_category_thresholds (fitted), verifier (fitted ONNX hit verifier),
+                    global_threshold_fitted (one threshold fitted on held-out fitting data:
+                    honest baseline); plus threshold / thresholds / cutoffs used
   curves.<rule>     [{threshold|shift|cutoff_shift, hit_rate, false_hit_rate, correct_hit_rate}]
   at_target         best point of each curve with false_hit_rate <= --target-false-hit-rate, and
                     hit_rate_ratio_{per_category,verifier}_vs_global
+  matched           the verifier as fitted vs the oracle global threshold at the verifier's
+                    realised false_hit_rate and vs global_threshold_fitted, with hit-rate ratios
   latency_ms        lookup_p50, lookup_p99 (real cache, excluding the encoder), encoder_p50, entries
   fitting           what the fitted rules were trained on
 Fitting never uses the evaluated stream: --policy DIR (from `turnout train cache`), or fitted now on

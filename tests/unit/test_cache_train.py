@@ -162,3 +162,60 @@ def test_a_trained_cache_policy_goes_into_a_bundle_and_serves(bundle, stream: li
     again = router.decide(Request((Message("user", "How do I reverse a list in Python?"),)), now_s=1.0,
                           rng=np.random.default_rng(0))
     assert again.cache_hit is not None and again.cache_hit.answer == "xs[::-1]"
+
+
+def test_the_verifier_only_rises_with_cosine_and_falls_on_a_disagreement(stream: list[dict[str, object]]) -> None:
+    from router.cache_features import PAIR_FEATURES
+
+    ps = prepare(stream, ENC.encode)
+    x, y = pair_examples(ps, TAX, floor=0.2)
+    _, onnx_bytes = fit_verifier(x, y)
+    score = onnx_scorer(onnx_bytes)
+    rows = np.repeat(x[:40], 21, axis=0)
+    cos = PAIR_FEATURES.index("cosine")
+    rows[:, cos] = np.tile(np.linspace(0.0, 1.0, 21, dtype=np.float32), 40)
+    p = score(rows).reshape(40, 21)
+    assert (np.diff(p, axis=1) >= -1e-6).all()  # never lower for a higher cosine
+    for name in ("negation_mismatch", "opposite_flip", "number_mismatch"):
+        j = PAIR_FEATURES.index(name)
+        off, on = x[:200].copy(), x[:200].copy()
+        off[:, j], on[:, j] = 0.0, 1.0
+        assert (score(on) <= score(off) + 1e-6).all(), name
+
+
+def test_natural_paraphrases_keep_numbers_negations_and_content() -> None:
+    from router.cache_features import NEGATIONS, numbers
+    from training.cache_data import drop_word, reframe
+
+    rng = np.random.default_rng(0)
+    assert reframe("How do I reset my password?", rng).lower().endswith(("reset my password", "reset my password?"))
+    assert reframe("What is the capital of France?", rng) == "What is the capital of France?"  # a question: left alone
+    for text in ("Please do not cancel the 3 orders", "how do I turn the heating up to 21 degrees",
+                 "can you just tell me the balance of my savings account"):
+        for _ in range(20):
+            out = drop_word(reframe(text, rng), rng)
+            assert numbers(out) == numbers(text)
+            assert {w for w in out.lower().split() if w in NEGATIONS} == {w for w in text.lower().split() if w in NEGATIONS}
+
+
+def test_fitting_streams_add_real_prompts_under_an_unknown_category(shared_data: Path) -> None:
+    from training.cache_data import OTHER, _routerbench_bases, _sharegpt_bases
+
+    rb, sg = _routerbench_bases(shared_data), _sharegpt_bases(shared_data, limit=50)
+    assert {c for _, c in rb} == {"code", "knowledge"} and len(rb) > 500
+    assert not any("A)" in t or "\n" in t for t, _ in rb[:50])
+    assert len(sg) == 50 and {c for _, c in sg} == {OTHER}
+
+
+def test_matched_comparison_uses_the_verifiers_realised_false_hit_rate() -> None:
+    from training.cache_eval import matched_comparison
+    from training.cache_replay import ReplayResult
+
+    curve = [(0.6, ReplayResult({"c": 100}, {"c": 60}, {"c": 6})),  # FHR 10%
+             (0.7, ReplayResult({"c": 100}, {"c": 40}, {"c": 1})),  # FHR 2.5%
+             (0.8, ReplayResult({"c": 100}, {"c": 20}, {"c": 0}))]  # FHR 0
+    verifier = {"hit_rate": 0.5, "false_hit_rate": 0.02}
+    out = matched_comparison(verifier, {"hit_rate": 0.0, "false_hit_rate": 0.0}, curve, 0.05)
+    assert out["oracle_global_at_verifier_fhr"]["threshold"] == 0.8  # 0.7 has a higher FHR than the verifier
+    assert out["hit_rate_ratio_verifier_vs_oracle_global"] == pytest.approx(2.5)
+    assert out["hit_rate_ratio_verifier_vs_fitted_global"] is None and out["verifier_false_hit_rate_ok"]
