@@ -3,9 +3,14 @@
 Simulates logged traffic from ``configs/world.yaml``, builds a bundle in a temporary directory, then
 times one call at a time on one thread, after a warm-up:
 
-* ``clf_onnx``     ``router.classifier.predict_proba([text])`` (the exported TF-IDF + LR graph);
-* ``clf_native``   the same pipeline in scikit-learn (``CategoryTrainer`` refit on the same labelled
-                   prompts with the same seed; the baseline the ONNX export is meant to beat);
+* ``clf_onnx``     ``router.classifier.predict_proba([text])``: for the ``tfidf_sparse_linear`` kind that
+                   training writes now, ``router.tfidf`` (TF-IDF vector in numpy) + the ONNX linear head,
+                   + temperature; for older bundles the skl2onnx string graph. Two of its parts:
+* ``clf_tfidf``    ``TfidfVocabulary.transform`` alone (n-gram keys, cuckoo-hash lookup, counts, idf, L2);
+* ``clf_head``     the ONNX head alone (one ``session.run`` on the precomputed TF-IDF vector);
+* ``ood``          the OOD score's inputs: ``CharLanguageModel.mean_nll`` + ``oov_rate`` on the prepared text;
+* ``clf_native``   the same pipeline in scikit-learn (``CategoryTrainer`` refit on the rows the bundle's
+                   classifier was refitted on, same seed; the baseline the ONNX export is meant to beat);
 * ``featurize``    ``router.features.featurize`` alone (a Python loop over the prompt's characters);
 * ``policy_onnx``  ``router.scorer.predict`` on one feature vector: the three heads (quality, cost,
                    latency) of ``policy.onnx`` for every catalogue model (for the GBDT variants one
@@ -56,7 +61,7 @@ from router.policy import choose, utilities  # noqa: E402
 from router.log_schema import read_logs  # noqa: E402
 from router.request import Message, Request  # noqa: E402
 from training.bundle_builder import build_bundle, labelled_from_logs  # noqa: E402
-from training.classifier import CategoryTrainer  # noqa: E402
+from training.classifier import CategoryTrainer, stratified_split  # noqa: E402
 from training.prompts import generate_prompt  # noqa: E402
 from training.simulator import write_simulation  # noqa: E402
 from training.world import World, generate_requests, load_world  # noqa: E402
@@ -84,7 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_simulation(world, n_logs, logs, seed=args.seed)
             bundle = build_bundle(logs, world.router, out, seed=args.seed, bundle_version="bench-latency")
             data = labelled_from_logs(read_logs(logs))
-            native = CategoryTrainer(world.router.taxonomy, seed=args.seed).fit(data.texts, data.labels)
+            # the rows the bundle's shipped classifier was refitted on (fit_category_model: train + test)
+            train, _, test = stratified_split(data.labels, (0.7, 0.15, 0.15), args.seed)
+            rows = np.concatenate([train, test])
+            native = CategoryTrainer(world.router.taxonomy, seed=args.seed).fit(
+                [data.texts[i] for i in rows], [data.labels[i] for i in rows])
         # every category's tier is "skip": decide() measures routing, not caching
         skip = CachePolicy(categories={c: CategoryCachePolicy(tier="skip") for c in world.router.taxonomy})
         router = Router(bundle, cache=ResponseCache(skip))
@@ -137,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 class Prompt:
     """One timed input, with everything each operation needs precomputed outside the timer."""
 
-    __slots__ = ("text", "probs", "features", "request", "candidates", "utility")
+    __slots__ = ("text", "probs", "features", "request", "candidates", "utility", "prepared", "tfidf")
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -146,6 +155,8 @@ class Prompt:
         self.features: np.ndarray | None = None
         self.candidates: list[str] = []
         self.utility: np.ndarray | None = None
+        self.prepared = ""
+        self.tfidf: dict[str, np.ndarray] = {}
 
 
 def _prompts(world: World, seed: int, n_mix: int, n_bucket: int) -> tuple[list[Prompt], dict[str, list[Prompt]]]:
@@ -169,9 +180,15 @@ def _prompts(world: World, seed: int, n_mix: int, n_bucket: int) -> tuple[list[P
 def _prepare(router: Router, prompts: Sequence[Prompt]) -> None:
     """Precompute the inputs of each timed part: probs, features, and the utilities ``choose`` sees in
     decide (allowed models of the predicted category, the configured preference, fixed reference scales)."""
-    cfg, info = router.config, router.scorer.info
+    from router.ood import prepare_text
+
+    cfg, info, clf = router.config, router.scorer.info, router.classifier
     for p in prompts:
         if p.probs is None:
+            p.prepared = prepare_text(p.text, clf.max_chars)
+            if clf.vocabulary is not None:
+                idx, val = clf.vocabulary.transform(p.prepared)
+                p.tfidf = {"indices": idx, "values": val} if idx.size else clf._empty_row
             p.probs = router.classifier.predict_proba([p.text])[0]
             p.features = featurize(p.text, p.probs, p.request.n_turns)
             category = cfg.taxonomy[int(np.argmax(p.probs))]
@@ -194,9 +211,13 @@ def _parity(router: Router, native: CategoryTrainer, prompts: Sequence[Prompt]) 
 
 def _ops(router: Router, native: CategoryTrainer, rng: np.random.Generator) -> dict[str, Callable[[Prompt], Any]]:
     pipe = native._fitted()  # the bare sklearn Pipeline: no wrapper overhead in the baseline
+    clf = router.classifier
     exploration = router.config.exploration
     return {
         "clf_onnx": lambda p: router.classifier.predict_proba([p.text]),
+        **({"clf_tfidf": lambda p: clf.vocabulary.transform(p.prepared),  # type: ignore[union-attr]
+            "clf_head": lambda p: clf.session.run(["probabilities"], p.tfidf)} if clf.vocabulary is not None else {}),
+        "ood": lambda p: (clf.lm.mean_nll(p.prepared), clf.lm.oov_rate(p.prepared)) if clf.lm is not None else None,
         "clf_native": lambda p: pipe.predict_proba([p.text]),
         "featurize": lambda p: featurize(p.text, p.probs, 1),
         "policy_onnx": lambda p: router.scorer.predict(p.features),

@@ -1,22 +1,30 @@
 """Category classifier at serving time: text -> calibrated probabilities in taxonomy order + OOD score.
 
-Two model kinds, both trained and chosen by ``training.classifier.fit_category_model``:
+Model kinds, trained and chosen by ``training.classifier.fit_category_model``:
 
-* ``tfidf_linear``: one ONNX graph (word 1-2-gram + char 2-4-gram TF-IDF -> logistic regression),
-  input ``text`` string (N, 1), output ``probabilities`` (N, C). Run one row per call: onnxruntime's
-  string tokenizer pads a batch with a filler token that char n-grams can see, so batched rows can
-  differ from single rows by ~1e-3 (single rows match scikit-learn to 1e-7).
+* ``tfidf_sparse_linear`` (what training writes): ``router.tfidf.TfidfVocabulary`` (file
+  ``tfidf_vocab.json``) turns a prepared text into its word 1-2-gram + char 2-4-gram TF-IDF vector
+  (sorted feature indices + values, float64); ``classifier.onnx`` is the logistic-regression head on it:
+  inputs ``indices`` int64 (L,) and ``values`` float64 (L,), output ``probabilities`` float64 (1, C),
+  one call per text (Gather + MatMul + Add + Softmax). Matches scikit-learn to ~1e-12 (tests pin
+  1e-10); the n-grams are counted in numpy instead of onnxruntime's string ops.
+* ``tfidf_linear`` (bundles written before): one ONNX graph (TF-IDF + logistic regression), input
+  ``text`` string (N, 1), output ``probabilities`` (N, C); still loaded and served. Run one row per
+  call: onnxruntime's string tokenizer pads a batch with a filler token that char n-grams can see.
 * ``encoder_linear``: ``encoder.onnx`` + ``tokenizer.json`` (router.encoder) -> 384-d embedding ->
   ``classifier.onnx`` logistic-regression head (input ``embedding`` float (N, 384)).
 
 Calibration: temperature scaling on log-probabilities, ``p_T = softmax(log p / T)`` (T fitted on
-validation data). OOD: ``router.ood`` (three detectors, threshold at a target FPR on in-distribution
+validation data), per row in plain Python (six numbers: numpy's per-call overhead was most of its
+cost). OOD: ``router.ood`` (detectors combined, threshold at a target FPR on in-distribution
 validation data). Any ``str`` -- empty, whitespace, 1 MB, emoji, lone surrogates -- yields a result,
 never an exception: ``router.ood.prepare_text`` makes it encodable and bounded first.
 """
 
 from __future__ import annotations
 
+import math
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +32,11 @@ from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from router.errors import ArtifactError
-from router.ood import OOD_FEATURES, CharLanguageModel, combine, has_content, ood_features, prepare_text
+from router.ood import OOD_FEATURES, CharLanguageModel, combine_row, has_content, prepare_text
+from router.tfidf import TfidfVocabulary
 from router.types import FloatArray
 
 CLASSIFIER_INFO_FORMAT = 1
@@ -65,7 +74,7 @@ class ClassifierInfo(_Frozen):
     """How to run the classifier files of a bundle; stored in the manifest as ``classifier``."""
 
     format: int = CLASSIFIER_INFO_FORMAT
-    kind: Literal["tfidf_linear", "encoder_linear"]
+    kind: Literal["tfidf_sparse_linear", "tfidf_linear", "encoder_linear"]
     taxonomy: tuple[str, ...]
     model_file: str = "classifier.onnx"
     files: tuple[str, ...]
@@ -73,6 +82,14 @@ class ClassifierInfo(_Frozen):
     temperature: float = Field(gt=0)
     ood: OODInfo
     encoder: EncoderInfo | None = None
+    vocab_file: str | None = None  # tfidf_sparse_linear: the TfidfVocabulary JSON
+
+    @model_validator(mode="after")
+    def _kind_has_its_files(self) -> ClassifierInfo:
+        if self.kind == "tfidf_sparse_linear" and (self.vocab_file is None or self.vocab_file not in self.files):
+            raise ValueError(f"kind tfidf_sparse_linear needs vocab_file among files {list(self.files)}; "
+                             f"got vocab_file={self.vocab_file!r}")
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +103,8 @@ class ClassifierOutput:
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> FloatArray:
-    """softmax(log p / T) row-wise; T = 1 returns ``probs`` (as float32)."""
+    """softmax(log p / T) row-wise; T = 1 returns ``probs`` (as float32). (Serving uses
+    ``temperature_row``, the same arithmetic on Python floats.)"""
     p = np.asarray(probs, dtype=np.float64)
     if temperature == 1.0 or p.size == 0:
         return p.astype(np.float32)
@@ -94,6 +112,21 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> FloatArray:
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def temperature_row(p: Sequence[float], temperature: float) -> list[float]:
+    """``apply_temperature`` of one row on Python floats (float64, same operations; the caller casts to
+    float32). NaN/inf in ``p`` give a non-finite row, as in numpy."""
+    if temperature == 1.0:
+        return list(p)
+    log = math.log
+    z = [log(max(x, 1e-30)) / temperature for x in p]
+    top = max(z)
+    e = [math.exp(v - top) for v in z]
+    total = 0.0
+    for v in e:
+        total += v
+    return [v / total for v in e]
 
 
 class CategoryClassifier:
@@ -104,22 +137,35 @@ class CategoryClassifier:
     """
 
     def __init__(self, session: ort.InferenceSession, taxonomy: Sequence[str], info: ClassifierInfo | None = None,
-                 lm: CharLanguageModel | None = None, encoder: object | None = None) -> None:
+                 lm: CharLanguageModel | None = None, encoder: object | None = None,
+                 vocabulary: TfidfVocabulary | None = None) -> None:
         self.session = session
         self.taxonomy = tuple(taxonomy)
         self.info = info
         self.lm = lm
         self.encoder = encoder
+        self.vocabulary = vocabulary
         outputs = [o.name for o in session.get_outputs()]
         if "probabilities" not in outputs:
             raise ArtifactError(f"classifier.onnx has outputs {outputs}; expected 'probabilities' (export with zipmap off)")
         self._input = session.get_inputs()[0].name
-        # arrays once, not per request (tuple -> array conversion was ~15% of a request)
-        self._quantiles = {k: np.asarray(v, dtype=np.float64) for k, v in info.ood.quantiles.items()} if info else {}
+        # knots as lists in OOD_FEATURES order, once (combine_row bisects them per request)
+        missing = [k for k in OOD_FEATURES if info is not None and k not in info.ood.quantiles]
+        if missing:
+            raise ArtifactError(f"classifier OOD info has no quantiles for {missing} (needs {list(OOD_FEATURES)})")
+        self._quantiles = [list(info.ood.quantiles[k]) for k in OOD_FEATURES] if info else []
         if info is not None and tuple(info.taxonomy) != self.taxonomy:
             raise ArtifactError(f"classifier taxonomy {list(info.taxonomy)} differs from the router's {list(self.taxonomy)}")
         if info is not None and info.kind == "encoder_linear" and encoder is None:
             raise ArtifactError("an encoder_linear classifier needs its sentence encoder")
+        self._sparse = info is not None and info.kind == "tfidf_sparse_linear"
+        if self._sparse and vocabulary is None:
+            raise ArtifactError("a tfidf_sparse_linear classifier needs its TF-IDF vocabulary")
+        if self._sparse and [i.name for i in session.get_inputs()] != ["indices", "values"]:
+            raise ArtifactError(f"{info.model_file if info else 'classifier.onnx'} has inputs "
+                                f"{[i.name for i in session.get_inputs()]}; a tfidf_sparse_linear head reads "
+                                "['indices', 'values']")
+        self._empty_row = {"indices": np.zeros(1, dtype=np.int64), "values": np.zeros(1, dtype=np.float64)}
 
     @classmethod
     def from_files(cls, bundle_dir: str | Path, info: ClassifierInfo, *, threads: int = 1) -> CategoryClassifier:
@@ -142,20 +188,26 @@ class CategoryClassifier:
             lm = CharLanguageModel.from_json(files[info.ood.lm_file])
         except (ValueError, KeyError, TypeError) as e:
             raise ArtifactError(f"{info.ood.lm_file}: not a character language model ({e})") from e
+        vocabulary = None
+        if info.kind == "tfidf_sparse_linear" and info.vocab_file is not None:
+            try:
+                vocabulary = TfidfVocabulary.from_json(files[info.vocab_file])
+            except (ValueError, KeyError, TypeError) as e:
+                raise ArtifactError(f"{info.vocab_file}: not a TF-IDF vocabulary this turnout can use ({e})") from e
         encoder = None
         if info.encoder is not None:
             from router.encoder import SentenceEncoder
 
             encoder = SentenceEncoder(files[info.encoder.model_file], files[info.encoder.tokenizer_file],
                                       max_length=info.encoder.max_length, threads=threads)
-        return cls(make_session(files[info.model_file], threads=threads), info.taxonomy, info, lm, encoder)
+        return cls(make_session(files[info.model_file], threads=threads), info.taxonomy, info, lm, encoder, vocabulary)
 
     @property
     def row_separable(self) -> bool:
         """True when ``predict`` of many texts equals ``predict`` of each alone, bit for bit: the TF-IDF
-        graph runs one row per call and the rest is row-wise arithmetic. The sentence encoder pads a
+        graphs run one row per call and the rest is row-wise arithmetic. The sentence encoder pads a
         batch to its longest text, which can move an embedding in the last bits."""
-        return self.info is None or self.info.kind == "tfidf_linear"
+        return self.info is None or self.info.kind != "encoder_linear"
 
     @property
     def max_chars(self) -> int:
@@ -163,14 +215,28 @@ class CategoryClassifier:
 
     def predict(self, texts: Sequence[str]) -> ClassifierOutput:
         prepared = [prepare_text(t, self.max_chars) for t in texts]
-        probs = self._calibrated(prepared)
-        empty = np.array([not has_content(t) for t in prepared], dtype=bool)
+        rows = [self._finish(t, raw) for t, raw in zip(prepared, self._raw_rows(prepared))]
+        probs = np.array([r[0] for r in rows], dtype=np.float32).reshape(len(prepared), len(self.taxonomy))
+        return ClassifierOutput(probs, np.array([r[1] for r in rows], dtype=np.float64),
+                                np.array([r[2] for r in rows], dtype=bool))
+
+    def predict_row(self, text: str) -> tuple[list[float], bool]:
+        """``predict([text])`` as Python values: (calibrated probabilities -- float32 values -- in
+        taxonomy order, out of distribution?). The same numbers, without building arrays per request."""
+        t = prepare_text(text, self.max_chars)
+        probs, _, flag = self._finish(t, self._raw_rows([t])[0])
+        return probs, flag
+
+    def _finish(self, text: str, raw: list[float]) -> tuple[list[float], float, bool]:
+        """Calibration and OOD score of one prepared text (per row in plain Python: a handful of numbers)."""
         if self.info is None or self.lm is None:
-            score = empty.astype(np.float64)
-            return ClassifierOutput(probs, score, empty)
-        feats = ood_features(prepared, self.lm)
-        score = np.where(empty, 1.0, combine(feats, self._quantiles))
-        return ClassifierOutput(probs, score, (score >= self.info.ood.threshold) | empty)
+            empty = not has_content(text)
+            return array("f", raw).tolist(), float(empty), empty
+        probs = array("f", temperature_row(raw, self.info.temperature)).tolist()  # float32, as numpy casts
+        if not has_content(text):  # no letter or digit at all: OOD by rule
+            return probs, 1.0, True
+        score = combine_row((self.lm.mean_nll(text), self.lm.oov_rate(text)), self._quantiles)
+        return probs, score, score >= self.info.ood.threshold
 
     def predict_proba(self, texts: Sequence[str]) -> FloatArray:
         """(N, C) float32 calibrated probabilities in taxonomy order."""
@@ -178,21 +244,35 @@ class CategoryClassifier:
 
     def raw_proba(self, prepared: Sequence[str]) -> FloatArray:
         """Uncalibrated ONNX probabilities of already-prepared texts (N, C) float32."""
+        return np.array(self._raw_rows(prepared), dtype=np.float32).reshape(len(prepared), len(self.taxonomy))
+
+    def _raw_rows(self, prepared: Sequence[str]) -> list[list[float]]:
+        """Uncalibrated probabilities, one list of C Python floats per text (float64 for the sparse head)."""
         n = len(prepared)
         if n == 0:
-            return np.zeros((0, len(self.taxonomy)), dtype=np.float32)
-        if self.info is not None and self.info.kind == "encoder_linear":
+            return []
+        if self._sparse:
+            assert self.vocabulary is not None
+            rows = []
+            for t in prepared:
+                indices, values = self.vocabulary.transform(t)
+                feed = {"indices": indices, "values": values} if indices.size else self._empty_row
+                rows.append(self.session.run(["probabilities"], feed)[0])
+            probs = np.concatenate(rows, axis=0)
+        elif self.info is not None and self.info.kind == "encoder_linear":
             emb = self.encoder.encode(prepared)  # type: ignore[attr-defined]
             (probs,) = self.session.run(["probabilities"], {self._input: emb})
         else:
             rows = [self.session.run(["probabilities"], {self._input: np.array([[t]], dtype=object)})[0]
                     for t in prepared]
             probs = np.concatenate(rows, axis=0)
-        probs = np.asarray(probs, dtype=np.float32)
-        if probs.shape[1] != len(self.taxonomy):
-            raise ArtifactError(f"classifier.onnx returned {probs.shape[1]} classes for a taxonomy of {len(self.taxonomy)}")
-        return probs
+        if probs.ndim != 2 or probs.shape[1] != len(self.taxonomy):
+            raise ArtifactError(f"classifier.onnx returned shape {probs.shape} for a taxonomy of {len(self.taxonomy)}")
+        return probs.tolist()  # type: ignore[no-any-return]
 
     def _calibrated(self, prepared: Sequence[str]) -> FloatArray:
-        raw = self.raw_proba(prepared)
-        return apply_temperature(raw, self.info.temperature) if self.info is not None else raw
+        rows = self._raw_rows(prepared)
+        if self.info is not None:
+            t = self.info.temperature
+            rows = [temperature_row(r, t) for r in rows]
+        return np.array(rows, dtype=np.float32).reshape(len(prepared), len(self.taxonomy))

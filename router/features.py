@@ -17,7 +17,9 @@ import hashlib
 import math
 import re
 import zlib
+from array import array
 from collections.abc import Sequence
+from operator import mul, sub
 
 import numpy as np
 
@@ -48,6 +50,10 @@ _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _CODE = re.compile(r"[{}\[\]();=<>_#$\\`]")
 _MATH = re.compile(r"[+\-*/^=%√∑∫π]")
 _TOKEN = re.compile(r"\w+")
+# the ASCII members of _DIGITS, _UPPER, _CODE and _MATH (text_features' fast path for ASCII text)
+_ASCII_CLASSES = (b"0123456789", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"{}[]();=<>_#$\\`", b"+-*/^=%")
+_SLOTS: dict[str, int] = {}  # gram -> signed bucket (see _slot), bounded
+_MAX_SLOTS = 200_000
 
 
 def feature_names(taxonomy: Sequence[str]) -> tuple[str, ...]:
@@ -65,22 +71,29 @@ def _ends(text: str, n_chars: int) -> str:
 
 
 def text_features(text: str, n_turns: int = 1) -> FloatArray:
+    return np.array(_text_values(text, n_turns), dtype=np.float32)
+
+
+def _text_values(text: str, n_turns: int) -> list[float]:
     w = _ends(text, STATS_WINDOW)
     n = max(len(w), 1)
-    values = (
+    if w.isascii():
+        # ASCII: the classes reduce to byte sets; bytes.translate counts them without building match lists
+        b = w.encode("ascii")
+        size = len(b)
+        counts = [size - len(b.translate(None, chars)) for chars in _ASCII_CLASSES]
+        counts.insert(2, 0)  # no non-ASCII characters
+    else:
+        counts = [len(p.findall(w)) for p in (_DIGITS, _UPPER, _NON_ASCII, _CODE, _MATH)]
+    return [
         math.log1p(len(text)),
         math.log1p(len(w.split()) * len(text) / n),  # word and line counts scaled up from the window
         math.log1p((w.count("\n") + 1) * len(text) / n),
         math.log1p(max(n_turns, 1)),
-        len(_DIGITS.findall(w)) / n,
-        len(_UPPER.findall(w)) / n,
-        len(_NON_ASCII.findall(w)) / n,
-        len(_CODE.findall(w)) / n,
-        len(_MATH.findall(w)) / n,
+        *(c / n for c in counts),
         float("?" in text),
         float("```" in text),
-    )
-    return np.asarray(values, dtype=np.float32)
+    ]
 
 
 def text_sketch(text: str) -> FloatArray:
@@ -88,24 +101,43 @@ def text_sketch(text: str) -> FloatArray:
 
     crc32 (not ``hash``) so every process agrees; the sign bit halves collision bias.
     """
+    return np.array(_sketch_values(text), dtype=np.float32)
+
+
+def _slot(gram: str) -> int:
+    """Bucket of ``gram``, plus ``SKETCH_DIM`` when its sign is +1."""
+    h = zlib.crc32(gram.encode("utf-8", "replace"))
+    return h % SKETCH_DIM + (SKETCH_DIM if (h >> 16) & 1 else 0)
+
+
+def _sketch_values(text: str) -> list[float]:
+    """``text_sketch`` as Python floats holding its float32 values: integer counts per signed bucket
+    (the crc32 of a gram is memoised: most words and bigrams recur across requests), then numpy's
+    float32 arithmetic emulated exactly -- ``norm = float32(sqrt(sum of squares))`` (the float32 dot of
+    integers below 2**24 is exact), ``value = float32(count / norm)`` (float64 then float32 rounds
+    like one float32 operation)."""
     half = SKETCH_TOKENS // 2
     head = _TOKEN.findall(text[: 16 * half].lower())[:half]
     tail = _TOKEN.findall(text[-16 * half:].lower())[-half:] if len(text) > 16 * half else []
     tokens = head + tail
-    grams = tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]
-    # integer counts in a list, one array at the end: numpy scalar updates cost ~2x (sums of +-1 are
-    # exact in float32 below 2**24, so the result is bit-identical to accumulating in the array)
-    acc = [0] * SKETCH_DIM
-    crc32 = zlib.crc32
-    for g in grams:
-        h = crc32(g.encode("utf-8", "replace"))
-        acc[h % SKETCH_DIM] += 1 if (h >> 16) & 1 else -1
-    vec = np.array(acc, dtype=np.float32)
-    norm = float(np.linalg.norm(vec))
-    return vec / norm if norm else vec
+    acc = [0] * (2 * SKETCH_DIM)
+    get = _SLOTS.get
+    for g in tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]:
+        slot = get(g)
+        if slot is None:
+            slot = _slot(g)
+            if len(_SLOTS) < _MAX_SLOTS:
+                _SLOTS[g] = slot
+        acc[slot] += 1
+    counts = list(map(sub, acc[SKETCH_DIM:], acc[:SKETCH_DIM]))
+    squares = sum(map(mul, counts, counts))
+    if not squares:
+        return [float(c) for c in counts]
+    norm = array("f", [math.sqrt(squares)])[0]
+    return array("f", [c / norm for c in counts]).tolist()
 
 
 def featurize(text: str, category_probs: Sequence[float] | FloatArray, n_turns: int = 1) -> FloatArray:
     """Context features for the model policy: shape ``(len(feature_names(taxonomy)),)``."""
-    probs = np.asarray(category_probs, dtype=np.float32).reshape(-1)
-    return np.concatenate([text_features(text, n_turns), text_sketch(text), probs])
+    probs = category_probs.reshape(-1).tolist() if isinstance(category_probs, np.ndarray) else list(category_probs)
+    return np.array(_text_values(text, n_turns) + _sketch_values(text) + probs, dtype=np.float32)

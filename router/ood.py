@@ -41,15 +41,18 @@ import json
 import math
 import re
 from collections import Counter
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from router.tfidf import CharIds
 from router.types import FloatArray
 
 OOD_FEATURES: tuple[str, ...] = ("char_nll", "oov_rate")
 LM_MAX_CHARS = 500
+_NUMPY_MIN_CHARS = 200  # mean_nll's crossover between the plain loop and the numpy lookup
 _BACKOFF = math.log(0.4)
 _WS = re.compile(r"\s+")
 _WORD = re.compile(r"[^\W\d_]{2,}")
@@ -90,7 +93,12 @@ def words(text: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class CharLanguageModel:
-    """Character-trigram LM with stupid backoff; log-probabilities in nats."""
+    """Character-trigram LM with stupid backoff; log-probabilities in nats.
+
+    ``mean_nll`` runs the plain loop (trigram, else bigram + log 0.4, else unigram + 2 log 0.4, else
+    ``floor``) on short texts and a numpy lookup (``_NgramTables``) on long ones; both sum the
+    per-character log-probabilities left to right and return the very same float (a unit test pins it).
+    """
 
     trigram: Mapping[str, float]
     bigram: Mapping[str, float]
@@ -98,12 +106,21 @@ class CharLanguageModel:
     floor: float
     vocab: frozenset[str]
     max_chars: int = LM_MAX_CHARS  # stored in the file: serving reads exactly what training read
+    _tables: _NgramTables | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_tables", _NgramTables(self.trigram, self.bigram, self.unigram, self.floor))
 
     def mean_nll(self, text: str) -> float:
         t = lm_view(text, self.max_chars)
         if not t:
             return -self.floor
-        padded = "  " + t
+        if len(t) < _NUMPY_MIN_CHARS:  # short texts: the plain loop beats numpy's fixed per-call costs
+            return -self._loop_logprob("  " + t) / len(t)
+        assert self._tables is not None
+        return -self._tables.total_logprob("  " + t) / len(t)
+
+    def _loop_logprob(self, padded: str) -> float:
         total = 0.0
         tri, bi, uni, floor = self.trigram, self.bigram, self.unigram, self.floor
         for i in range(2, len(padded)):
@@ -116,13 +133,13 @@ class CharLanguageModel:
                     lp = uni.get(padded[i])
                     lp = floor if lp is None else lp + 2 * _BACKOFF
             total += lp
-        return -total / (len(padded) - 2)
+        return total
 
     def oov_rate(self, text: str) -> float:
         ws = words(lm_view(text, self.max_chars))
         if not ws:
             return 0.0
-        return sum(w not in self.vocab for w in ws) / len(ws)
+        return (len(ws) - sum(map(self.vocab.__contains__, ws))) / len(ws)
 
     def to_json(self) -> bytes:
         data = {"trigram": self.trigram, "bigram": self.bigram, "unigram": self.unigram, "floor": self.floor,
@@ -164,6 +181,40 @@ class CharLanguageModel:
         return cls(tri, bi, uni, floor, vocab, max_chars)
 
 
+class _NgramTables:
+    """The LM's n-grams as sorted base-B keys (``router.tfidf.CharIds``: trigram keys in [B^2, B^3),
+    bigram keys in [B, B^2), disjoint) with their backed-off log-probabilities, and the unigram
+    fallback (``unigram + 2 log 0.4``, or ``floor``) per character id."""
+
+    def __init__(self, trigram: Mapping[str, float], bigram: Mapping[str, float], unigram: Mapping[str, float],
+                 floor: float) -> None:
+        grams = [g for g in (*trigram, *bigram, *unigram) if 1 <= len(g) <= 3]
+        self.ids = CharIds("".join(grams))
+        keyed = [(self.ids.key(g), lp) for g, lp in trigram.items() if len(g) == 3]
+        keyed += [(self.ids.key(g), lp + _BACKOFF) for g, lp in bigram.items() if len(g) == 2]
+        keyed.sort()
+        self.keys = np.array([k for k, _ in keyed] + [2**64 - 1], dtype=np.uint64)  # sentinel: no overrun
+        self.values = np.array([v for _, v in keyed] + [0.0], dtype=np.float64)
+        self.unigram = np.full(self.ids.base, floor, dtype=np.float64)
+        for g, lp in unigram.items():
+            if len(g) == 1:
+                self.unigram[self.ids.index[g]] = lp + 2 * _BACKOFF
+
+    def total_logprob(self, padded: str) -> float:
+        """Sum over i >= 2 of log p(padded[i] | padded[i-2:i]), accumulated in order (as the plain loop)."""
+        ids = self.ids.ids(padded)
+        base = self.ids.base
+        k1 = ids[2:]
+        k2 = ids[1:-1] * base + k1
+        keys = np.concatenate([ids[:-2] * (base * base) + k2, k2])
+        pos = self.keys.searchsorted(keys)
+        hit = self.keys[pos] == keys
+        val = self.values[pos]
+        n = k1.size
+        lp = np.where(hit[:n], val[:n], np.where(hit[n:], val[n:], self.unigram[k1]))
+        return float(lp.cumsum()[-1])  # cumsum adds left to right, like the loop (np.sum is pairwise)
+
+
 def ood_features(prepared: Sequence[str], lm: CharLanguageModel) -> FloatArray:
     """(N, 2) float64 in ``OOD_FEATURES`` order for prepared texts."""
     out = np.empty((len(prepared), len(OOD_FEATURES)), dtype=np.float64)
@@ -192,3 +243,13 @@ def combine(features: FloatArray, quantiles: Mapping[str, Sequence[float] | np.n
     cdfs = [np.searchsorted(np.asarray(quantiles[name], dtype=np.float64), features[:, k], side="left")
             / len(quantiles[name]) for k, name in enumerate(OOD_FEATURES)]
     return np.max(np.stack(cdfs, axis=1), axis=1)
+
+
+def combine_row(features: Sequence[float], quantiles: Sequence[Sequence[float]]) -> float:
+    """``combine`` for one row, in plain Python (``quantiles`` in ``OOD_FEATURES`` order, as lists):
+    ``bisect_left`` is ``searchsorted(side="left")``; NaN counts as above every knot, as numpy sorts it."""
+    score = 0.0
+    for x, q in zip(features, quantiles):
+        cdf = 1.0 if x != x else bisect_left(q, x) / len(q)
+        score = cdf if cdf > score else score
+    return score

@@ -123,6 +123,7 @@ def test_decide_batch_falls_back_like_decide_when_models_fail(bundle: Bundle) ->
 
             if broken == "classifier":
                 r.classifier.predict = boom  # type: ignore[method-assign]
+                r.classifier.predict_row = boom  # type: ignore[method-assign]
             else:
                 r.scorer.predict = boom  # type: ignore[method-assign]
                 r.scorer.predict_batch = boom  # type: ignore[method-assign]
@@ -157,3 +158,127 @@ def test_exploration_kinds_draw_like_rng_choice() -> None:
         a, b = np.random.default_rng(9), np.random.default_rng(9)
         picks = [choose(list("abcd"), u, exploration, a).model for _ in range(300)]
         assert picks == ["abcd"[int(b.choice(4, p=p))] for _ in range(300)]
+
+
+# ------------------------------------------------------------------------------------------------
+# fast paths of the classifier, OOD guard, features and choice (issue 7 throughput): each equals the
+# plain computation bit for bit
+
+_TEXTS = PROMPTS + ["héllo wörld 你好 \ud800 " * 30, "a  b \t\t c", "```py\nx = [1, 2]\n```? √π∑ ABC", "x" * 700,
+                    " ".join(PROMPTS) * 3, "Écrivez un poème sur la mer, s'il vous plaît."]
+
+
+def _nll_loop(lm: object, text: str) -> float:
+    """CharLanguageModel.mean_nll as first written: one dict lookup chain per character."""
+    from router.ood import _BACKOFF, lm_view
+
+    t = lm_view(text, lm.max_chars)  # type: ignore[attr-defined]
+    if not t:
+        return -lm.floor  # type: ignore[attr-defined]
+    padded, total = "  " + t, 0.0
+    for i in range(2, len(padded)):
+        lp = lm.trigram.get(padded[i - 2:i + 1])  # type: ignore[attr-defined]
+        if lp is None:
+            lp = lm.bigram.get(padded[i - 1:i + 1])  # type: ignore[attr-defined]
+            if lp is not None:
+                lp += _BACKOFF
+            else:
+                lp = lm.unigram.get(padded[i])  # type: ignore[attr-defined]
+                lp = lm.floor if lp is None else lp + 2 * _BACKOFF  # type: ignore[attr-defined]
+        total += lp
+    return -total / (len(padded) - 2)
+
+
+def test_char_lm_numpy_lookup_equals_the_loop(bundle: Bundle) -> None:
+    from router.ood import prepare_text
+
+    lm = Router(bundle).classifier.lm
+    assert lm is not None
+    texts = [prepare_text(t, 1500) for t in _TEXTS] + _TEXTS
+    assert any(len(t) >= 200 for t in texts) and any(0 < len(t) < 200 for t in texts)  # both paths run
+    for t in texts:
+        assert lm.mean_nll(t) == _nll_loop(lm, t), t[:40]
+        if t:
+            padded = "  " + t[:lm.max_chars]
+            assert lm._tables.total_logprob(padded) == lm._loop_logprob(padded)  # type: ignore[union-attr]
+
+
+def _featurize_reference(text: str, probs: np.ndarray, n_turns: int) -> np.ndarray:
+    """featurize as first written: regex counts, the float32 sketch array, one concatenate."""
+    import math
+
+    from router.features import _CODE, _DIGITS, _MATH, _NON_ASCII, _UPPER, STATS_WINDOW, _ends
+
+    w = _ends(text, STATS_WINDOW)
+    n = max(len(w), 1)
+    stats = np.asarray((math.log1p(len(text)), math.log1p(len(w.split()) * len(text) / n),
+                        math.log1p((w.count("\n") + 1) * len(text) / n), math.log1p(max(n_turns, 1)),
+                        *(len(p.findall(w)) / n for p in (_DIGITS, _UPPER, _NON_ASCII, _CODE, _MATH)),
+                        float("?" in text), float("```" in text)), dtype=np.float32)
+    return np.concatenate([stats, _sketch_reference(text), np.asarray(probs, dtype=np.float32)])
+
+
+def test_featurize_is_bit_identical_to_the_reference() -> None:
+    from router.features import featurize
+
+    g = np.random.default_rng(4)
+    for text in _TEXTS * 2:  # twice: the second pass reads the memoised sketch buckets
+        probs = g.dirichlet(np.ones(6)).astype(np.float32)
+        assert featurize(text, probs, 2).tobytes() == _featurize_reference(text, probs, 2).tobytes()
+        assert featurize(text, probs.tolist(), 2).tobytes() == _featurize_reference(text, probs, 2).tobytes()
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_utilities_row_and_choice_equal_the_array_versions(seed: int) -> None:
+    from router.policy import HeadPredictions, choose, utilities, utilities_row
+
+    g = np.random.default_rng(seed)
+    k = int(g.integers(1, 6))
+    heads = HeadPredictions(g.normal(size=k).astype(np.float32), np.exp(g.normal(-6, 2, size=k)).astype(np.float32),
+                            np.exp(g.normal(6, 1, size=k)).astype(np.float32))
+    pref = Preference(quality=float(g.random() * 3), cost=float(g.random() * 2), latency=float(g.random()))
+    ref_cost, ref_latency = float(g.random() * 0.01 + 1e-4), float(g.random() * 3000 + 10)
+    u = utilities(heads, pref, ref_cost, ref_latency)
+    row = utilities_row(heads.quality.tolist(), heads.cost_usd.tolist(), heads.latency_ms.tolist(), pref, ref_cost,
+                        ref_latency)
+    assert np.array(row, dtype=np.float32).tobytes() == u.tobytes()
+    models = [f"m{i}" for i in range(k)]
+    for exploration in (Exploration(kind="epsilon_greedy", epsilon=0.2), Exploration(kind="softmax", temperature=0.1)):
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        assert [choose(models, u, exploration, a) for _ in range(20)] == [choose(models, row, exploration, b)
+                                                                           for _ in range(20)]
+
+
+def test_combine_row_equals_combine() -> None:
+    from router.ood import combine, combine_row
+
+    g = np.random.default_rng(0)
+    q = {"char_nll": tuple(np.sort(g.normal(3, 1, 101))), "oov_rate": tuple(np.sort(g.random(101) * (g.random(101) > 0.5)))}
+    feats = np.concatenate([g.normal(3, 2, (200, 1)), g.random((200, 1))], axis=1)
+    feats[:5, 1] = 0.0
+    feats[5, 0] = float(np.sort(q["char_nll"])[50])  # on a knot
+    feats[6, 0] = float("nan")
+    expected = combine(feats, q)
+    got = [combine_row(row, [list(q["char_nll"]), list(q["oov_rate"])]) for row in feats.tolist()]
+    assert got == expected.tolist()
+
+
+def test_predict_row_equals_predict(bundle: Bundle) -> None:
+    clf = Router(bundle).classifier
+    out = clf.predict(_TEXTS)
+    for i, text in enumerate(_TEXTS):
+        probs, ood = clf.predict_row(text)
+        assert np.array(probs, dtype=np.float32).tobytes() == out.probs[i].tobytes() and ood == bool(out.is_ood[i])
+
+
+def test_cuckoo_table_finds_exactly_the_stored_keys() -> None:
+    from router.tfidf import CuckooTable
+
+    g = np.random.default_rng(1)
+    keys = np.unique(g.integers(1, 2**63, 5000, dtype=np.int64)).astype(np.uint64)
+    table = CuckooTable(keys.tolist(), range(len(keys)))
+    queries = np.concatenate([keys[::-3], g.integers(1, 2**63, 3000, dtype=np.int64).astype(np.uint64), keys[:10]])
+    index = {int(k): i for i, k in enumerate(keys)}
+    assert table.lookup(queries).tolist() == [index[int(k)] for k in queries if int(k) in index]
+    with pytest.raises(ValueError, match="keys"):
+        CuckooTable([0], [1])
