@@ -8,7 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from training.categories import CategoryRow, _strip_answer_tail, _water_fill, balance, build_category_set, deduplicate
+from training.categories import (
+    SIMULATED_ADVICE,
+    WEAK_SOURCE,
+    CategoryRow,
+    _strip_answer_tail,
+    _water_fill,
+    balance,
+    build_category_set,
+    deduplicate,
+    labelled_ids,
+    sharegpt_weak_rows,
+    simulated_rows,
+)
+from training.weak_labels import weak_label
 
 
 def test_water_fill_shares_the_quota_and_passes_on_unused_share() -> None:
@@ -40,7 +53,8 @@ def test_strip_answer_tail() -> None:
 @pytest.mark.data
 def test_build_category_set_from_shared_data(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "cats.jsonl"
-    summary = build_category_set(shared_data, out, seed=0, per_class_max=200, n_simulated_per_class=100)
+    summary = build_category_set(shared_data, out, seed=0, per_class_max=200, n_simulated_per_class=100,
+                                 sharegpt_weak=False)
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len(rows) == summary["n_rows"]
     assert set(summary["categories"]) == {"code", "math", "writing", "knowledge", "chat", "translation"}
@@ -50,3 +64,52 @@ def test_build_category_set_from_shared_data(shared_data: Path, tmp_path: Path) 
     texts = [" ".join(r["text"].lower().split()) for r in rows]
     assert len(texts) == len(set(texts))
     assert not any(r["text"].rstrip().endswith("Answer:") for r in rows)
+
+
+@pytest.mark.parametrize(("text", "label"), [
+    ("Can you translate this Python function to C++? def f(a): return a", "code"),  # code syntax beats "translate"
+    ("Translate this text into Czech: the woman I see before me", "translation"),
+    ("I want you to act as an English translator and spelling corrector", "translation"),
+    ("how do i configure celery queues in a yaml file with python?", "code"),
+    ("hi", "chat"),
+    ("tell me a joke about a computer mouse", "chat"),
+    ("Write a loving Christmas letter to my former neighbor Samuel", "writing"),
+    ("rewrite this paragraph to make it easier to read: so, what makes it funny", "writing"),
+    ("Suppose you roll three dice. What is the probability that the sum is 3 + 4 + 9 or more?", "math"),
+    ("what kind of mulch is best for oak trees?", "knowledge"),
+    ("golf in the dominican republic", None),
+    ("", None),
+])
+def test_weak_label_follows_the_guideline_in_precedence_order(text: str, label: str | None) -> None:
+    assert weak_label(text) == label
+
+
+def test_weak_label_reads_head_and_tail_of_a_long_paste() -> None:
+    assert weak_label("Summarize this text: " + "the cat sat on the mat. " * 5000) == "writing"
+    assert weak_label("the cat sat on the mat. " * 5000 + " Can you translate the above into French?") == "translation"
+
+
+def test_sharegpt_weak_rows_exclude_labelled_ids_their_texts_and_other_languages(tmp_path: Path) -> None:
+    turns = {f"c{i}_0": f"how do i fix this python error number {i}?" for i in range(60)}
+    turns |= {"lab_0": "write a poem about snow", "dup_0": "Write a poem  about SNOW", "es_0": "hola, como estas amigo mio",
+              "none_0": "golf in the dominican republic"}
+    folder = tmp_path / "sharegpt_v3_subset"
+    folder.mkdir()
+    with (folder / "sharegpt_v3_human_turns.jsonl").open("w", encoding="utf-8") as fh:
+        for cid, text in turns.items():
+            fh.write(json.dumps({"id": cid, "turn_roles": ["human", "gpt"], "human_turns": [text]}) + "\n")
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(json.dumps({"id": "lab_0", "category": "writing"}) + "\n", encoding="utf-8")
+    rows = list(sharegpt_weak_rows(tmp_path, labelled_ids(labels), seed=0, per_class=50))
+    assert {r.source for r in rows} == {WEAK_SOURCE}
+    assert [r.category for r in rows] == ["code"] * 50  # writing: 0 rows left (< WEAK_MIN_PER_CLASS anyway)
+    assert not {r.text for r in rows} & {turns["lab_0"], turns["dup_0"], turns["es_0"], turns["none_0"]}
+    assert labelled_ids(None) == set() and labelled_ids(tmp_path / "missing.jsonl") == set()
+
+
+def test_simulated_chat_rows_carry_no_advice() -> None:
+    rows = list(simulated_rows(("chat", "knowledge"), 200, seed=0))
+    chat = [r.text for r in rows if r.category == "chat"]
+    assert 0 < len(chat) < 200  # some generated chat prompts are advice and were dropped
+    assert not any(SIMULATED_ADVICE.search(t) for t in chat)
+    assert sum(r.category == "knowledge" for r in rows) == 200

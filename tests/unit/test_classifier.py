@@ -64,8 +64,12 @@ def test_all_bad_inputs_in_one_batch_with_good_ones(clf: CategoryClassifier) -> 
     assert [CATEGORIES[i] for i in out.probs[len(BAD_INPUTS):].argmax(1)] == ["code", "writing"]
 
 
-def test_legacy_predict_proba_never_raises_on_bad_input(clf: CategoryClassifier) -> None:
-    legacy = CategoryClassifier(clf.session, CATEGORIES)
+def test_legacy_predict_proba_never_raises_on_bad_input(corpus: tuple[list[str], list[str]]) -> None:
+    from router.onnx_session import make_session
+    from training.classifier import legacy_tfidf_onnx
+
+    texts, labels = corpus  # the pre-sparse-head string graph, as very old bundles carry it
+    legacy = CategoryClassifier(make_session(legacy_tfidf_onnx(texts[::4], labels[::4], CATEGORIES)), CATEGORIES)
     probs = legacy.predict_proba(list(BAD_INPUTS.values()))
     assert probs.shape == (len(BAD_INPUTS), len(CATEGORIES)) and np.isfinite(probs).all()
     assert legacy.predict([""]).is_ood.all()
@@ -160,3 +164,42 @@ def test_fit_works_on_a_tiny_corpus() -> None:
     rows = [generate_prompt(c, rng) for c in ("code", "math") for _ in range(12)]
     fitted = fit_category_model([r.text for r in rows], [r.category for r in rows], ("code", "math"), family="tfidf")
     assert fitted.load().predict(["solve 3x + 1 = 7"]).probs.shape == (1, 2)
+
+
+def test_source_category_weights_balance_categories_and_sources() -> None:
+    from training.classifier import source_category_weights
+
+    y = np.array([0] * 90 + [0] * 10 + [1] * 20)
+    src = ["big"] * 90 + ["small"] * 10 + ["big"] * 20
+    w = source_category_weights(y, src)
+    assert w.mean() == pytest.approx(1.0)
+    assert w[:100].sum() == pytest.approx(w[100:].sum())  # each category weighs the same
+    assert w[:90].sum() == pytest.approx(w[90:100].sum())  # each source inside a category weighs the same
+    with pytest.raises(ValueError, match="same length"):
+        source_category_weights(y, src[:-1])
+
+
+def test_encoder_head_c_is_chosen_by_leave_one_source_out() -> None:
+    from training.classifier import ENCODER_C_GRID, EncoderHeadTrainer, encoder_available
+
+    if not encoder_available():
+        pytest.skip("encoder packages not installed")
+    rng = np.random.default_rng(7)
+    cats = ("code", "math", "chat")
+    rows = [generate_prompt(c, rng) for c in cats for _ in range(60)]
+    centers = rng.normal(size=(3, 384))
+    emb = np.stack([centers[cats.index(r.category)] + rng.normal(scale=3.0, size=384) for r in rows]).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    sources = [("a", "b", "c")[i % 3] for i in range(len(rows))]
+    fitted = fit_category_model([r.text for r in rows], [r.category for r in rows], cats, family="encoder",
+                                sources=sources, select_by="loso", embeddings=emb)
+    sel = fitted.metrics["selection"]["encoder"]
+    assert set(sel["loso_mean_macro_f1_by_c"]) == {str(c) for c in ENCODER_C_GRID}
+    assert sel["loso_mean_macro_f1"] == max(sel["loso_mean_macro_f1_by_c"].values())
+    assert sel["c"] in ENCODER_C_GRID and set(sel["loso"]) == {"a", "b", "c"}
+    # sources change the head: weighted and unweighted fits differ when sources are unbalanced
+    skew = ["a" if r.category == "code" and i % 4 else "b" for i, r in enumerate(rows)]
+    labels = [r.category for r in rows]
+    weighted = EncoderHeadTrainer(cats, c=sel["c"]).fit(emb, labels, skew).predict_proba(emb)
+    plain = EncoderHeadTrainer(cats, c=sel["c"]).fit(emb, labels).predict_proba(emb)
+    assert not np.allclose(weighted, plain)
