@@ -10,20 +10,26 @@ partitions well below that in practice (``CategoryCachePolicy.max_entries``).
 
 ``background=True`` (serving): a graph build runs on one builder thread from a snapshot of the
 vectors, so neither the cache lock nor the event loop waits for it; until it is done the partition is
-searched exactly (slower, never wrong), and the rows added meanwhile are appended when the finished
-graph is adopted. A compaction during a build discards that build (its slots no longer match).
+searched exactly (slower, never wrong). The builder also catches up with the rows added meanwhile
+until at most ``CATCH_UP_ROWS`` remain, and only those few are added when the graph is adopted (under
+the cache lock). Every compaction bumps a generation: a build of older slots is dropped, and a queued
+one never starts. A failed build is logged and the partition stays exact.
 """
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
+
+_LOG = logging.getLogger("turnout.cache")
 
 HNSW_M = 16
 EF_CONSTRUCTION = 64
 EF_SEARCH = 48
 MAX_OVERFETCH = 64
+CATCH_UP_ROWS = 256
 _BUILDER: ThreadPoolExecutor | None = None
 
 
@@ -52,7 +58,9 @@ class PartitionIndex:
         self.dim = dim
         self.hnsw_min = hnsw_min
         self.background = background
-        self._pending: tuple[Future[object], int] | None = None  # (build, rows in its snapshot)
+        self._pending: Future[tuple[object, int] | None] | None = None  # -> (graph, rows it holds)
+        self._gen = 0  # bumped by every compaction: slots before and after differ
+        self._build_failed = False
         self._vectors = np.zeros((64, dim), dtype=np.float32)
         self._dead = np.zeros(64, dtype=bool)
         self._keys: list[str | None] = []
@@ -118,27 +126,53 @@ class PartitionIndex:
     def wait_for_build(self) -> None:
         """Block until a background build is adopted (tests, benchmarks, a warm-up)."""
         if self._pending is not None:
-            self._pending[0].result()
+            self._pending.exception()
             self._adopt_finished_build()
 
     def _build_hnsw(self) -> None:
         n = len(self._keys)
         if not self.background:
             self._hnsw = _new_hnsw(self._vectors[:n], self.dim)
-            return
-        self._pending = (_builder().submit(_new_hnsw, self._vectors[:n].copy(), self.dim), n)
+        elif not self._build_failed:
+            self._pending = _builder().submit(self._build_in_background, self._gen, self._vectors[:n].copy())
+
+    def _build_in_background(self, gen: int, snapshot: np.ndarray) -> tuple[object, int] | None:
+        """On the builder thread, without the cache lock: rows below ``len(self._keys)`` are complete
+        (``add`` writes the vector before the key), and a compaction bumps ``_gen`` before it touches
+        the arrays, so a copy taken between two equal reads of ``_gen`` is consistent."""
+        if gen != self._gen:
+            return None  # compacted while queued
+        index, n = _new_hnsw(snapshot, self.dim), len(snapshot)
+        while True:
+            m = len(self._keys)
+            rows = self._vectors[n:m].copy()
+            if gen != self._gen:
+                return None
+            if m - n <= CATCH_UP_ROWS:
+                return index, n
+            index.add(rows)  # type: ignore[attr-defined]
+            n = m
 
     def _adopt_finished_build(self) -> None:
-        if self._pending is None or not self._pending[0].done():
+        if self._pending is None or not self._pending.done():
             return
-        build, n = self._pending
-        self._pending = None
-        index = build.result()
-        if len(self._keys) > n:  # rows added while it was being built (dead ones stay tombstones)
+        build, self._pending = self._pending, None
+        try:
+            done = build.result()
+        except Exception as e:  # faiss failure (memory): stay exact, never fail a request
+            self._build_failed = True
+            _LOG.error("HNSW build failed (%s: %s); partition of %d rows stays on exact search",
+                       type(e).__name__, e, len(self._slot))
+            return
+        if done is None:
+            return
+        index, n = done
+        if len(self._keys) > n:  # the last few rows added since the builder caught up
             index.add(self._vectors[n:len(self._keys)])  # type: ignore[attr-defined]
         self._hnsw = index
 
     def _compact(self) -> None:
+        self._gen += 1  # first: a background build must see it before any array changes
         live = [i for i, key in enumerate(self._keys) if key is not None]
         vectors = self._vectors[live]
         self._keys = [self._keys[i] for i in live]

@@ -132,9 +132,7 @@ def validate_table(table: pa.Table, source: str = "logs") -> pa.Table:
 
     Raises ``LogSchemaError`` naming the field and the first bad row.
     """
-    for name in ADDED_FIELDS:
-        if name not in table.column_names:
-            table = table.append_column(name, pa.nulls(table.num_rows, SCHEMA.field(name).type))
+    table = with_added_fields(table)
     missing = [n for n in FIELD_NAMES if n not in table.column_names]
     if missing:
         raise LogSchemaError(f"{source}: missing field(s) {missing}; expected the fields of router.log_schema.FIELDS")
@@ -150,6 +148,14 @@ def validate_table(table: pa.Table, source: str = "logs") -> pa.Table:
         where = f"field '{bad.name}' has type {table.schema.field(bad.name).type}, expected {bad.type}" if bad else str(e)
         raise LogSchemaError(f"{source}: {where}") from e
     _check_rows(table, source)
+    return table
+
+
+def with_added_fields(table: pa.Table) -> pa.Table:
+    """A shard written before a field in ``ADDED_FIELDS`` existed, with that column as nulls."""
+    for name in ADDED_FIELDS:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, SCHEMA.field(name).type))
     return table
 
 
@@ -212,7 +218,7 @@ def read_logs(path: str | Path, *, validate: bool = True) -> pa.Table:
     files = [path] if path.is_file() else sorted(f for f in path.rglob("*.parquet") if not _is_feedback_shard(f))
     if not files:
         raise LogSchemaError(f"no Parquet shards (*.parquet) found under {path}")
-    tables = [validate_table(t, source=str(f)) if validate else t for f, t in _read_shards(files)]
+    tables = [validate_table(t, source=str(f)) if validate else with_added_fields(t) for f, t in _read_shards(files)]
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 

@@ -132,10 +132,11 @@ class GatewayCore:
         return self.routers[self.arm]
 
     def assign(self, tenant: str, user_header: str | None, body_user: object) -> tuple[str, str]:
-        """(arm, assignment unit): the unit is logged as a sha256 prefix of the key, never the raw id,
-        so the A/B report can resample users rather than requests."""
+        """(arm, assignment unit): the A/B report resamples units (users), not requests. The unit is a
+        domain-separated sha256 prefix of the key: pseudonymous (anyone can hash candidate ids and
+        compare), not the raw id, and not the bytes that pick the arm."""
         key = assignment_key(self.assign_by, tenant, user_header, body_user)
-        unit = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        unit = hashlib.sha256(b"turnout-assignment-unit\0" + key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         return (self.arm if len(self.arms) == 1 else assign_arm(key, self.arms)), unit
 
     def models(self) -> dict[str, Any]:

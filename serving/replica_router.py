@@ -130,7 +130,8 @@ class LearnedReplicaRouter(SafeRequestRouter):
     def rank(self, cands: list[RunningReplica], request: ReplicaRequest) -> list[int]:
         """Candidate indices, best first (the decision ``choose_replicas`` wraps; benchmarked alone).
 
-        Hot path (p99 <= 0.1 ms for 16 replicas, ``benchmarks/replicas.py``): each replica's
+        Hot path (issue 6 target p99 <= 0.1 ms for 16 replicas; measured in ``benchmarks/replicas.py``,
+        ``targets.decision_p99_us_16_replicas``): each replica's
         ``replica_state`` and prefix set are built once per stats object; the feature rows
         (``router.replica.FeatureRows``, bound to the ONNX session without copies) once per set of stats
         objects (checked by identity, in C, against the last call's candidates and stats); the router's

@@ -178,8 +178,14 @@ def cluster_diff(x: np.ndarray, x_units: np.ndarray, control: np.ndarray, c_unit
 
 
 def _weighted_median(sorted_x: np.ndarray, w: np.ndarray) -> float:
+    """Median of sorted values with integer weights; like ``np.median``, the midpoint of the two middle
+    values when the weight splits exactly in half."""
     c = np.cumsum(w)
-    return float(sorted_x[np.searchsorted(c, 0.5 * c[-1])])
+    half = 0.5 * c[-1]
+    i = int(np.searchsorted(c, half))
+    if c[i] == half:
+        return float(0.5 * (sorted_x[i] + sorted_x[int(np.searchsorted(c, half, side="right"))]))
+    return float(sorted_x[i])
 
 
 def cluster_bootstrap_median_diff(x: np.ndarray, x_units: np.ndarray, control: np.ndarray, c_units: np.ndarray, *,
@@ -189,6 +195,8 @@ def cluster_bootstrap_median_diff(x: np.ndarray, x_units: np.ndarray, control: n
     x, c = np.asarray(x, dtype=np.float64), np.asarray(control, dtype=np.float64)
     if x.size == 0 or c.size == 0:
         return {"estimate": None, "ci_low": None, "ci_high": None}
+    if min(np.unique(x_units).size, np.unique(c_units).size) < 2:  # one unit shows no between-unit spread
+        return {"estimate": float(np.median(x) - np.median(c)), "ci_low": None, "ci_high": None}
     rng = np.random.default_rng(seed)
     sides = []
     for v, u in ((x, x_units), (c, c_units)):
@@ -205,7 +213,8 @@ def cluster_bootstrap_median_diff(x: np.ndarray, x_units: np.ndarray, control: n
 
 
 def srm_check(observed: Mapping[str, int], weights: Mapping[str, float]) -> dict[str, Any]:
-    """Pearson chi-square of observed request counts vs ``weights`` (normalised); df = arms - 1."""
+    """Pearson chi-square of observed counts (units, or requests without units) vs ``weights``
+    (normalised); df = arms - 1."""
     from scipy import stats
 
     arms = list(weights)
@@ -369,7 +378,7 @@ def _arm_stats(cols: Mapping[str, np.ndarray], mask: np.ndarray, clustered: bool
     n_ok = int(ok.sum())
     lat = values["latency_ms"]
     s: dict[str, Any] = {
-        "requests": int(mask.sum()), "units": int(np.unique(cols["unit"][mask]).size) if clustered else int(mask.sum()),
+        "requests": int(mask.sum()), "units": int(np.unique(cols["unit"][mask]).size) if clustered else None,
         "errors": int((mask & cols["error"]).sum()),
         "error_rate": float((mask & cols["error"]).sum() / mask.sum()) if mask.any() else None,
         "quality_missing": n_ok - int(values["quality"].size),

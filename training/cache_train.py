@@ -145,14 +145,24 @@ def fit_matchers(encode: Callable[[list[str]], np.ndarray], taxonomy: Sequence[s
     # a category the policy does not know is scored through the verifier's "unknown category" column:
     # the cutoff fitted on held-out pairs of that column (e.g. ShareGPT prompts) when the data pins it
     # down, else the pooled one
+    # (``global_cutoff`` is the cutoff of every category without its own, i.e. of categories unknown at
+    # fitting time; ``pooled_cutoff`` keeps the best cutoff over all pairs for the record.)
+    pooled_c = global_c
     unknown = [c for c in cutoffs if c not in taxonomy]
     if len(unknown) == 1:
         global_c = cutoffs[unknown[0]]
+    elif unknown:  # several: no single one speaks for "unknown"; keep the pooled cutoff
+        import logging
+
+        logging.getLogger("turnout.cache").warning(
+            "verifier fitting data has %d categories outside the taxonomy (%s); unknown categories use the "
+            "pooled cutoff %.3f", len(unknown), ", ".join(unknown), pooled_c)
     for c in unknown:
         thresholds.pop(c)
         cutoffs.pop(c)
     metrics = {"fit_pairs": int(len(y)), "fit_positive_pairs": int(y.sum()), "stream_a": len(rows_a),
                "stream_b": len(rows_b), "global_threshold": global_t, "global_cutoff": global_c,
+               "pooled_cutoff": pooled_c,
                "held_out_global_threshold": g_t[1] if g_t else None, "held_out_verifier": g_v[1] if g_v else None}
     return Matchers(thresholds, global_t, cutoffs, global_c, onnx_bytes, info, metrics)
 

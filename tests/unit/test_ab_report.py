@@ -243,8 +243,18 @@ def test_report_uses_logged_units_and_counts_them_for_srm(tmp_path: Path) -> Non
     flat = tmp_path / "flat"
     write_shard(table.drop_columns(["assignment_unit"]), flat)
     rep_flat = ab_report(flat, tmp_path / "out2", plots=False)
-    assert rep_flat["unit"] == "request" and rep_flat["arms"]["control"]["units"] == 1000
+    assert rep_flat["unit"] == "request" and rep_flat["arms"]["control"]["units"] is None
     width = lambda r: r["ci_high"] - r["ci_low"]  # noqa: E731
     assert width(clustered) > 2.5 * width(rep_flat["arms"]["treatment"]["diff_vs_control"]["quality"])
     lat = rep["arms"]["treatment"]["diff_vs_control"]["latency_p50_ms"]
     assert lat["ci_low"] <= lat["estimate"] <= lat["ci_high"]
+
+
+def test_cluster_bootstrap_needs_two_units_per_arm_and_uses_the_midpoint_median() -> None:
+    from training.ab_report import _weighted_median, cluster_bootstrap_median_diff
+
+    one = cluster_bootstrap_median_diff(np.array([1.0, 2.0]), np.array(["u", "u"]),
+                                        np.array([1.0, 5.0, 9.0]), np.array(["a", "b", "b"]))
+    assert one["ci_low"] is None and one["estimate"] == 1.5 - 5.0
+    assert _weighted_median(np.array([10.0, 20.0]), np.array([1.0, 1.0])) == 15.0 == np.median([10.0, 20.0])
+    assert _weighted_median(np.array([1.0, 2.0, 3.0]), np.array([2.0, 0.0, 1.0])) == 1.0

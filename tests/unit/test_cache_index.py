@@ -37,3 +37,36 @@ def test_compaction_discards_a_build_of_the_old_slots() -> None:
     index.wait_for_build()
     assert index._hnsw is None and not index.building and len(index) == 30
     assert index.search(x[140], 1)[0] == ["k140"]
+
+
+def test_a_failed_build_is_logged_and_the_partition_stays_exact(monkeypatch, caplog) -> None:  # noqa: ANN001
+    import router.cache_index as ci
+
+    def boom(vectors: np.ndarray, dim: int) -> object:
+        raise MemoryError("no room for the graph")
+
+    monkeypatch.setattr(ci, "_new_hnsw", boom)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((200, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = PartitionIndex(16, hnsw_min=50, background=True)
+    for i in range(120):
+        index.add(f"k{i}", x[i])
+    index.wait_for_build()
+    for i in range(120, 200):  # no retry storm: the partition stays exact
+        index.add(f"k{i}", x[i])
+    assert index._hnsw is None and not index.building
+    assert all(index.search(x[i], 1)[0] == [f"k{i}"] for i in range(0, 200, 9))
+    assert "HNSW build failed" in caplog.text
+
+
+def test_the_builder_catches_up_with_rows_added_during_the_build() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = PartitionIndex(16, hnsw_min=100, background=True)
+    for i in range(3000):
+        index.add(f"k{i}", x[i])
+    index.wait_for_build()
+    assert index._hnsw is not None and index._hnsw.ntotal == 3000  # type: ignore[attr-defined]
+    assert sum(index.search(x[i], 1)[0] == [f"k{i}"] for i in range(0, 3000, 30)) >= 95

@@ -205,6 +205,19 @@ def test_invalid_shard_is_named_in_read_logs(tmp_path: Path) -> None:
     assert read_logs(tmp_path, validate=False).num_rows == 3
 
 
+def test_shards_from_before_a_added_field_read_alongside_new_ones(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from router.log_schema import ADDED_FIELDS, records_to_table
+
+    old = records_to_table([FULL]).drop_columns(list(ADDED_FIELDS))  # a schema-1 shard
+    pq.write_table(old, tmp_path / "part-old.parquet")
+    write_shard([replace(FULL, request_id="new", assignment_unit="abc")], tmp_path, prefix="part")
+    for validate in (True, False):
+        rows = {r["request_id"]: r for r in read_logs(tmp_path, validate=validate).to_pylist()}
+        assert rows[FULL.request_id]["assignment_unit"] is None and rows["new"]["assignment_unit"] == "abc"
+
+
 # --- the simulator's logs -----------------------------------------------------------------------
 
 
