@@ -56,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="also: this many requests per app at concurrency 1 (added latency without queueing)")
     ap.add_argument("--profile", type=float, default=0.0, help="py-spy the gateway replica for S seconds of load")
     ap.add_argument("--quick", action="store_true", help="400 requests, 4 rounds, 50 warm-up (smoke run)")
+    ap.add_argument("--ingress-replicas", type=int, default=2,
+                    help="replicas of the gateway and, equally, of the passthrough ingress")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.quick:
@@ -71,14 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     world = load_world(CONFIGS / "world.yaml")
     work = Path(tempfile.mkdtemp(prefix="turnout-overhead-"))
     ray_tmp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
-    cfg = _config(work, args.train_requests)
+    cfg = _config(work, args.train_requests, args.ingress_replicas)
     try:
         with console.status(f"building a bundle from {args.train_requests} simulated requests"):
             launcher.ensure_bundle(cfg, step=lambda _: None)
         with console.status("starting Ray + the turnout app"):
             url = launcher.start(cfg, temp_dir=ray_tmp)
         models = list(world.router.model_names)
-        serve.run(build_passthrough(launcher.APP_NAME, models, world.router.taxonomy[0]), name=PASSTHROUGH_APP,
+        serve.run(build_passthrough(launcher.APP_NAME, models, world.router.taxonomy[0], args.ingress_replicas), name=PASSTHROUGH_APP,
                   route_prefix=PASSTHROUGH_PREFIX, blocking=False)
         launcher.wait_healthy(url + PASSTHROUGH_PREFIX)
 
@@ -119,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serial:
         result["concurrency_1"] = _report_serial(serial)
     result.update(benchmark="serve_overhead", quick=args.quick, profile=profile,
-                  settings={"requests_per_app": args.requests, "concurrency": args.concurrency, "rounds": args.rounds,
+                  settings={"requests_per_app": args.requests, "ingress_replicas": args.ingress_replicas, "concurrency": args.concurrency, "rounds": args.rounds,
                             "warmup_per_app": args.warmup, "train_requests": args.train_requests, "stream": False,
                             "backend": cfg.backend.model_dump(), "models": models,
                             "gateway": cfg.gateway.model_dump(), "deployments": cfg.models.model_dump(),
@@ -133,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _config(work: Path, train_requests: int) -> Any:
+def _config(work: Path, train_requests: int, ingress_replicas: int = 1) -> Any:
     """The benchmark's ServeConfig: a fresh bundle dir, simulated backends with the smallest time scale."""
     from pydantic import ValidationError
 
@@ -144,7 +146,7 @@ def _config(work: Path, train_requests: int) -> Any:
         "port": free_port(), "bundle": str(work / "bundle"), "log_dir": str(work / "logs"), "base_dir": str(work),
         "build_if_missing": {"world": str(CONFIGS / "world.yaml"), "requests": train_requests},
         "models": {"num_replicas": 1, "num_cpus": 0.1, "max_ongoing_requests": 64},
-        "gateway": {"num_replicas": 1, "num_cpus": 0.2, "max_ongoing_requests": 128},
+        "gateway": {"num_replicas": ingress_replicas, "num_cpus": 0.2, "max_ongoing_requests": 128},
     }
     for scale in (0.0, 1e-6):  # zero think time if the config allows it, else a microsecond per simulated second
         try:

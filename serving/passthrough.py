@@ -65,5 +65,5 @@ class Passthrough:
         return {"status": "ok", "models": self.models}
 
 
-def build_passthrough(app_name: str, models: Sequence[str], category: str) -> serve.Application:
-    return Passthrough.bind(app_name, list(models), category)
+def build_passthrough(app_name: str, models: Sequence[str], category: str, num_replicas: int = 1) -> serve.Application:
+    return Passthrough.options(num_replicas=num_replicas).bind(app_name, list(models), category)
