@@ -103,6 +103,9 @@ def test_read_stream_names_bad_lines(tmp_path: Path) -> None:
     bad.write_text("{oops\n", encoding="utf-8")
     with pytest.raises(ValueError, match="bad.jsonl:1: not valid JSON"):
         read_stream(bad)
+    lone = tmp_path / "lone.jsonl"  # an escaped lone surrogate: valid JSON, replaced by U+FFFD
+    lone.write_text('{"text": "caf\\ud800", "category": "chat", "answer_id": "a"}\n', encoding="utf-8")
+    assert read_stream(lone)[0]["text"] == "caf\ufffd"
 
 
 def test_observed_staleness_measures_answer_lifetimes() -> None:

@@ -55,6 +55,16 @@ def test_a_single_prompt_is_not_padded_and_padding_does_not_move_it(encoders) ->
     assert float(alone @ padded) >= 0.9999
 
 
+def test_any_string_encodes_and_valid_text_is_unchanged(encoders) -> None:  # type: ignore[no-untyped-def]
+    fused, _ = encoders
+    lone = "caf\ud800 menu"  # a lone surrogate, as json.loads gives for "\\ud800"
+    out = fused.encode([lone, "x" * 100_000, ""])
+    assert out.shape == (3, 384) and np.all(np.isfinite(out))
+    assert float(fused.encode([lone])[0] @ fused.encode(["caf\ufffd menu"])[0]) >= 0.9999
+    valid = "Wie spät ist es in Tokio? 🙂"
+    assert float(fused._encode([valid], 1)[0] @ fused._encode([valid, "a"], 2)[0]) >= 0.9999
+
+
 def test_a_model_of_another_shape_is_run_as_shipped() -> None:
     """An encoder graph the rewrite does not know (here: a bare embedding table) is run as shipped,
     with pooling in numpy."""
