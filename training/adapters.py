@@ -480,9 +480,22 @@ def convert_mooncake(in_path: Path, out_path: Path, *, seed: int = 0, limit: int
     _check_common("mooncake", seed, limit)
     _require_input(in_path, "file", "mooncake", "a Mooncake *_trace.jsonl file")
     _require_output(out_path, "file", "mooncake")
-    timed = [_mooncake_row(obj, f"{in_path}:{line_no}") for line_no, obj in iter_json_objects(in_path)]
-    rows = _head(_relative(timed), limit)
+    rows = _head(mooncake_trace_rows(in_path), limit)
     return _summary("mooncake", {out_path: write_jsonl(out_path, rows)}, 0, Counter())
+
+
+def mooncake_trace_rows(in_path: Path) -> list[TraceRow]:
+    """The rows of a Mooncake trace file, in seconds from the first request (what ``convert_mooncake``
+    writes; ``Trace.read`` uses it to replay a Mooncake file as is)."""
+    return _relative([_mooncake_row(obj, f"{in_path}:{line_no}") for line_no, obj in iter_json_objects(in_path)])
+
+
+def is_mooncake_trace(path: Path) -> bool:
+    """True when the first object of a JSONL file has Mooncake's keys (``input_length``,
+    ``output_length``, ``timestamp`` in ms) rather than the DESIGN.md trace fields."""
+    for _, obj in iter_json_objects(path):
+        return isinstance(obj, dict) and {"timestamp", "input_length", "output_length"} <= obj.keys()
+    return False
 
 
 def _mooncake_row(obj: Mapping[str, Any], where: str) -> tuple[float, TraceRow]:

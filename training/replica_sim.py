@@ -79,11 +79,17 @@ class Trace:
 
     @classmethod
     def read(cls, path: Path | str, name: str | None = None) -> Trace:
-        """A DESIGN.md trace JSONL file (validated by ``training.formats.read_jsonl``), or a CSV trace
-        (``read_csv``) when the name ends in ``.csv``."""
+        """A DESIGN.md trace JSONL file (validated by ``training.formats.read_jsonl``), a Mooncake trace
+        file as published (``timestamp`` ms, ``input_length``, ``output_length``, ``hash_ids``; converted
+        on the fly like ``turnout data convert mooncake``), or a CSV trace (``read_csv``) when the name
+        ends in ``.csv``."""
+        from training.adapters import is_mooncake_trace, mooncake_trace_rows
+
         path = Path(path)
         if path.suffix.lower() == ".csv":
             return cls.read_csv(path, name)
+        if path.is_file() and is_mooncake_trace(path):
+            return cls.from_rows(mooncake_trace_rows(path), name or path.stem)
         return cls.from_rows(read_jsonl(path, "trace"), name or path.stem)
 
     @classmethod

@@ -43,6 +43,19 @@ def test_trace_from_rows_read_and_reshape(tmp_path: Path) -> None:
         Trace.from_rows([], "empty")
 
 
+def test_a_mooncake_file_as_published_reads_as_a_trace(tmp_path: Path) -> None:
+    import json
+
+    raw = [{"timestamp": 1500, "input_length": 1024, "output_length": 7, "hash_ids": [0, 1]},
+           {"timestamp": 500, "input_length": 600, "output_length": 3, "hash_ids": [0, 2]}]
+    path = tmp_path / "toolagent_trace.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in raw), encoding="utf-8")
+    tr = Trace.read(path)
+    assert tr.arrival_s.tolist() == [0.0, 1.0]  # ms -> s, sorted, from the first request
+    assert tr.input_tokens.tolist() == [600, 1024] and tr.output_tokens.tolist() == [3, 7]
+    assert [list(h) for h in tr.prefix_hashes] == [[0, 2], [0, 1]]
+
+
 def test_one_replica_matches_the_engine_by_hand() -> None:
     res = simulate(trace([(0.0, 1000, 1), (5.0, 500, 3)]), 1, make_policy("round_robin", seed=0), engine=CFG)
     assert res.ttft_s[0] == pytest.approx(0.01 + 1000 * 1e-4)
