@@ -478,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--bootstrap", type=_positive_int, default=200)
     er.set_defaults(func=cmd_eval_router)
     erp = esub.add_parser("replicas", help="replay a request trace over N simulated replicas under each policy")
-    erp.add_argument("--trace", required=True, help="trace JSONL (turnout data convert mooncake|ragpulse|servegen) or CSV")
+    erp.add_argument("--trace", required=True, help="trace JSONL (turnout data convert mooncake|ragpulse|servegen output, or a Mooncake *_trace.jsonl as published) or CSV")
     erp.add_argument("--replicas", type=int, default=4)
     erp.add_argument("--load", type=float, default=0.8, help="offered load / saturated capacity")
     erp.add_argument("--policies", default="round_robin,pow2,least_loaded,prefix_affinity,learned")
