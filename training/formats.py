@@ -280,6 +280,24 @@ def read_jsonl(path: Path | str, kind: str) -> list[Any]:
     return rows
 
 
+def read_texts(path: Path | str) -> list[str]:
+    """The ``text`` of every object of a JSONL file, any other key ignored (e.g. an OOD set given as
+    ``{"text": ...}`` rows, with or without a ``category``). Any string is kept -- empty, emoji, other
+    scripts: the classifier must take them all.
+
+    Raises:
+        DataFormatError: unreadable file, a line that is not a JSON object, or ``text`` missing / not a string.
+    """
+    path = Path(path)
+    out = []
+    for line_no, obj in iter_json_objects(path):
+        text = obj.get("text")
+        if not isinstance(text, str):
+            raise DataFormatError(f"{path}:{line_no}: field 'text' must be a string; got {type(text).__name__}")
+        out.append(text)
+    return out
+
+
 def _check_sorted(rows: list[TraceRow], path: Path) -> None:
     for i in range(1, len(rows)):
         if rows[i].timestamp_s < rows[i - 1].timestamp_s:

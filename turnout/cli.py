@@ -191,12 +191,12 @@ def cmd_ab_report(a: argparse.Namespace) -> int:
 def cmd_eval_classifier(a: argparse.Namespace) -> int:
     from router.bundle import load_bundle
     from training.classifier_eval import eval_classifier_report
-    from training.formats import read_jsonl
+    from training.formats import read_jsonl, read_texts
 
     if (Path(a.bundle) / "manifest.json").exists():
         load_bundle(a.bundle)  # verify hashes before trusting the files
     rows = read_jsonl(a.data, "labelled")
-    ood = [r.text for r in read_jsonl(a.ood, "labelled")] if a.ood else None
+    ood = read_texts(a.ood) if a.ood else None
     report = eval_classifier_report(Path(a.bundle), [r.text for r in rows], [r.category for r in rows], ood)
     _emit(report, a.out)
     return 0
@@ -466,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     ec = esub.add_parser("classifier", help="accuracy, macro-F1, per-class and latency on labelled prompts")
     ec.add_argument("--bundle", required=True)
     ec.add_argument("--data", required=True, help='labelled JSONL: {"text", "category"}')
-    ec.add_argument("--ood", default=None, help="JSONL of out-of-distribution prompts ({\"text\", \"category\": \"ood\"})")
+    ec.add_argument("--ood", default=None, help="JSONL of out-of-distribution prompts ({\"text\"}; other keys ignored)")
     ec.add_argument("--json", action="store_true")
     ec.add_argument("--out", default=None)
     ec.set_defaults(func=cmd_eval_classifier)

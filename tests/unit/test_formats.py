@@ -151,3 +151,15 @@ def test_write_rejects_non_finite_and_leaves_no_partial_file(tmp_path: Path) -> 
 
 def test_data_format_error_is_a_router_error() -> None:
     assert issubclass(DataFormatError, RouterError)
+
+
+def test_read_texts_takes_any_string_and_ignores_other_keys(tmp_path: Path) -> None:
+    from training.formats import read_texts
+
+    path = tmp_path / "ood.jsonl"
+    path.write_text('{"text": "Wie spät ist es?"}\n{"text": "", "category": "ood"}\n\n{"text": "\\ud800"}\n',
+                    encoding="utf-8")
+    assert read_texts(path) == ["Wie spät ist es?", "", "\ud800"]
+    path.write_text('{"text": 3}\n', encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"ood.jsonl:1: field 'text' must be a string; got int"):
+        read_texts(path)
