@@ -29,6 +29,7 @@ import onnxruntime as ort
 
 from router.errors import ArtifactError
 from router.onnx_session import make_session
+from router.ood import valid_text
 from router.types import FloatArray
 
 ENCODER_DIM = 384
@@ -117,7 +118,7 @@ class SentenceEncoder:
         order = np.argsort([len(t) for t in texts], kind="stable")
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
-            enc = self.tokenizer.encode_batch([_encodable(texts[i]) for i in idx])
+            enc = self.tokenizer.encode_batch([valid_text(texts[i]) for i in idx])
             ids = np.array([e.ids for e in enc], dtype=self._id_dtype)
             mask = np.array([e.attention_mask for e in enc], dtype=self._id_dtype)
             feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
@@ -130,13 +131,3 @@ class SentenceEncoder:
             norms = np.linalg.norm(pooled, axis=1, keepdims=True)
             out[idx] = pooled / np.maximum(norms, 1e-12)
         return out
-
-
-def _encodable(text: object) -> str:
-    """What the tokenizer accepts: a str without lone surrogates (each becomes U+FFFD, as in
-    ``router.ood.prepare_text``); valid text passes unchanged, so embeddings do not move."""
-    if not isinstance(text, str):
-        text = "" if text is None else str(text)
-    if text.isascii():
-        return text
-    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")

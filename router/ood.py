@@ -59,6 +59,16 @@ _WORD = re.compile(r"[^\W\d_]{2,}")
 _ALNUM = re.compile(r"[^\W_]")
 
 
+def valid_text(text: object) -> str:
+    """Any input -> a ``str`` every encoder accepts: UTF-16 round trip, so a lone surrogate (an escaped
+    ``"\\ud800"`` is valid JSON) becomes one U+FFFD and a split pair its character; valid text is unchanged."""
+    if not isinstance(text, str):
+        text = "" if text is None else str(text)
+    if text.isascii():
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
 def prepare_text(text: object, max_chars: int) -> str:
     """Any input -> a clean, lowercased, whitespace-normalised string of at most ``max_chars`` chars."""
     if not isinstance(text, str):
@@ -66,10 +76,7 @@ def prepare_text(text: object, max_chars: int) -> str:
     # Cut first (a 1 MB paste costs O(max_chars) from here on); x4 leaves room for whitespace runs.
     if len(text) > 4 * max_chars:
         text = text[: 3 * max_chars] + " " + text[-max_chars:]
-    if not text.isascii():
-        # UTF-16 round trip: a lone surrogate becomes one U+FFFD, a split pair becomes its character
-        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-    text = _WS.sub(" ", text.replace("\x00", " ")).strip().lower()
+    text = _WS.sub(" ", valid_text(text).replace("\x00", " ")).strip().lower()
     if len(text) <= max_chars:
         return text
     # Head and tail: a pasted document usually comes with its instruction before *or after* it.

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from router.ood import valid_text
 from training.prompts import CATEGORIES, CITIES, CODE_LANGS, MONTHS, NAMES, generate_prompt
 
 WRAPPERS = ("{x}", "{x}?", "Could you tell me {x}?", "{x} please", "Quick question: {x}", "hey, {x}",
@@ -291,10 +292,7 @@ def read_stream(path: str | Path) -> list[dict[str, object]]:
                 raise ValueError(f"{path}:{i}: missing field {key!r} (expected text, category, answer_id)")
         if not isinstance(row["text"], str):
             raise ValueError(f"{path}:{i}: 'text' must be a string")
-        text = row["text"]
-        if not text.isascii():  # an escaped lone surrogate ("\ud800") is valid JSON but not text: U+FFFD
-            text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-        rows.append({"text": text, "category": str(row["category"]), "answer_id": str(row["answer_id"]),
+        rows.append({"text": valid_text(row["text"]), "category": str(row["category"]), "answer_id": str(row["answer_id"]),
                      **({"timestamp_s": float(row["timestamp_s"])} if "timestamp_s" in row else {})})
     if not rows:
         raise ValueError(f"{path}: no rows")

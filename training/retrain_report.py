@@ -7,6 +7,13 @@ from pathlib import Path
 from typing import Any
 
 
+def _save(plt: Any, fig: Any, out: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
 def _plots(comparison: dict[str, Any], out: Path) -> list[str]:
     import matplotlib
 
@@ -28,10 +35,7 @@ def _plots(comparison: dict[str, Any], out: Path) -> list[str]:
     ax.set_ylabel(f"estimated mean {comparison['gate_metric']}")
     ax.set_title("Off-policy estimates on held-out logs (95% bootstrap CI)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "estimates.png", dpi=110)
-    plt.close(fig)
-    names.append("estimates.png")
+    names.append(_save(plt, fig, out, "estimates.png"))
 
     cats = comparison["per_category"]
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -41,10 +45,7 @@ def _plots(comparison: dict[str, Any], out: Path) -> list[str]:
     ax.set_xticks(range(len(keys)), [f"{k}\n(n={cats[k]['n']})" for k in keys], fontsize=8)
     ax.set_ylabel(f"DR {comparison['gate_metric']}: candidate - current")
     ax.set_title("Per-category change")
-    fig.tight_layout()
-    fig.savefig(out / "categories.png", dpi=110)
-    plt.close(fig)
-    names.append("categories.png")
+    names.append(_save(plt, fig, out, "categories.png"))
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     for who, color in (("current", "tab:gray"), ("candidate", "tab:blue")):
@@ -56,10 +57,7 @@ def _plots(comparison: dict[str, Any], out: Path) -> list[str]:
     ax.set_ylabel("observed quality")
     ax.set_title("Calibration of the quality head")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "calibration.png", dpi=110)
-    plt.close(fig)
-    names.append("calibration.png")
+    names.append(_save(plt, fig, out, "calibration.png"))
     return names
 
 

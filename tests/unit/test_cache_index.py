@@ -7,10 +7,13 @@ import numpy as np
 from router.cache_index import PartitionIndex
 
 
+def _unit_rows(n: int, dim: int, *, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def test_background_hnsw_build_serves_exact_meanwhile_and_keeps_rows_added_during_it() -> None:
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((400, 32)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = _unit_rows(400, 32, seed=1)
     index = PartitionIndex(32, hnsw_min=100, background=True)
     for i in range(300):
         index.add(f"k{i}", x[i])
@@ -26,9 +29,7 @@ def test_background_hnsw_build_serves_exact_meanwhile_and_keeps_rows_added_durin
 
 
 def test_compaction_discards_a_build_of_the_old_slots() -> None:
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((300, 16)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = _unit_rows(300, 16, seed=2)
     index = PartitionIndex(16, hnsw_min=100, background=True)
     for i in range(150):
         index.add(f"k{i}", x[i])
@@ -46,9 +47,7 @@ def test_a_failed_build_is_logged_and_the_partition_stays_exact(monkeypatch, cap
         raise MemoryError("no room for the graph")
 
     monkeypatch.setattr(ci, "_new_hnsw", boom)
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((200, 16)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = _unit_rows(200, 16, seed=3)
     index = PartitionIndex(16, hnsw_min=50, background=True)
     for i in range(120):
         index.add(f"k{i}", x[i])
@@ -61,9 +60,7 @@ def test_a_failed_build_is_logged_and_the_partition_stays_exact(monkeypatch, cap
 
 
 def test_the_builder_catches_up_with_rows_added_during_the_build() -> None:
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((3000, 16)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = _unit_rows(3000, 16, seed=4)
     index = PartitionIndex(16, hnsw_min=100, background=True)
     for i in range(3000):
         index.add(f"k{i}", x[i])
