@@ -26,8 +26,11 @@ simulator's speed.
    replicas with engine stats and 300-hash prefix summaries, an 8,400-character prompt). ``rank`` (the
    decision: cached stats -> features -> ONNX -> ranking) and ``choose_replicas`` (+ Ray's
    availability filter and prompt hashing, a new request every call) are timed separately; best of 3
-   repeats (the repeat with the lowest ``rank`` p99; every repeat's p99 is in the JSON). Simulator speed
-   is also given per CPU second of this thread (robust to other processes on a shared box).
+   repeats (the repeat with the lowest ``rank`` p99; every repeat's p99 is in the JSON), with the
+   garbage collector off while timing (a collection is set off by the whole process's allocations,
+   here mostly the interleaved ``choose_replicas``); one more repeat with it on is reported as
+   ``rank_us_gc_enabled``. Simulator speed is also given per CPU second of this thread (robust to
+   other processes on a shared box).
 
     python benchmarks/replicas.py [--quick]
     ->  benchmarks/results/replicas.json, benchmarks/results/replicas.png
@@ -223,7 +226,7 @@ def decision_cost(model_dir: Path, n_calls: int, n_replicas: int = 16, repeats: 
     text = "hello world, " * 646  # 8,398 characters: 4 full blocks to hash
     body = {"messages": [{"role": "user", "content": text}]}
 
-    async def run() -> dict[str, np.ndarray]:
+    async def run() -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
         router = LearnedReplicaRouter(deployment_id=DeploymentID(name="LLM", app_name="bench"),
                                       handle_source=DeploymentHandleSource.REPLICA, use_replica_queue_len_cache=True)
         router.initialize_state(scorer_path=str(model_dir), seed=0)
@@ -231,9 +234,11 @@ def decision_cost(model_dir: Path, n_calls: int, n_replicas: int = 16, repeats: 
         cands = list(router.curr_replicas.values())
         req = request_from_body(body)
         rounds = []
-        for _ in range(repeats):
+        for rep in range(repeats + 1):  # the last repeat runs with the garbage collector on (info)
             rank_ns, choose_ns, rank_cpu_ns = [], [], []
             gc.collect()
+            if rep < repeats:
+                gc.disable()
             for i in range(n_calls):
                 pr = PendingRequest(args=[body, "chat"], kwargs={},
                                     metadata=RequestMetadata(request_id=str(i), internal_request_id=str(i)))
@@ -247,9 +252,11 @@ def decision_cost(model_dir: Path, n_calls: int, n_replicas: int = 16, repeats: 
                 rank_ns.append(t1 - t0)
                 choose_ns.append(t2 - t1)
                 rank_cpu_ns.append(c1 - c0)
+            gc.enable()
             skip = n_calls // 10  # warm-up
             rounds.append({"rank": np.array(rank_ns[skip:]), "choose": np.array(choose_ns[skip:]),
                            "rank_cpu": np.array(rank_cpu_ns[skip:])})
+        gc_on = rounds.pop()
         # the serving steady state: stats snapshots 0.5 s old and 8 requests per replica sent since then,
         # so every decision also adds the router's own recent sends to each replica's state
         for replica in cands:
@@ -266,31 +273,39 @@ def decision_cost(model_dir: Path, n_calls: int, n_replicas: int = 16, repeats: 
         rounds[0]["inflight"] = np.array(inflight_ns[n_calls // 10:])
         if router.n_fallbacks or router.scorer_error is not None:
             raise RuntimeError(f"the router fell back to pow-2 ({router.n_fallbacks}, {router.scorer_error})")
-        return rounds
+        return rounds, gc_on
 
     def summary(ns: np.ndarray) -> dict[str, float]:
         us = ns / 1e3
         return {"p50": float(np.percentile(us, 50)), "p90": float(np.percentile(us, 90)),
                 "p99": float(np.percentile(us, 99)), "mean": float(us.mean())}
 
-    rounds = asyncio.run(run())
+    rounds, gc_on = asyncio.run(run())
     # best of `repeats` (as timeit does): on a shared box another process's burst inflates one round's tail
     best = min(rounds, key=lambda r: float(np.percentile(r["rank"], 99)))
     out: dict[str, Any] = {"replicas": n_replicas, "calls": n_calls, "repeats": repeats, "prompt_chars": len(text),
                            "load_average_1m": os.getloadavg()[0],
                            "reported": "the repeat with the lowest rank_us p99; every repeat's p99 in rank_us_p99_by_repeat",
-                           "rank_us_p99_by_repeat": [summary(r["rank"])["p99"] for r in rounds]}
+                           "rank_us_p99_by_repeat": [summary(r["rank"])["p99"] for r in rounds],
+                           "gc": "disabled during the timed repeats (a collection is triggered by the whole process's "
+                                 "allocations, here mostly the interleaved choose_replicas calls, not by the "
+                                 "decision); "
+                                 "one more repeat with it enabled: rank_us_gc_enabled / choose_replicas_us_gc_enabled",
+                           "rank_us_gc_enabled": summary(gc_on["rank"]),
+                           "choose_replicas_us_gc_enabled": summary(gc_on["choose"])}
     for key, label in (("rank", "rank_us"), ("rank_cpu", "rank_thread_cpu_us"), ("choose", "choose_replicas_us")):
         out[label] = summary(best[key])
     out["rank_with_inflight_sends_us"] = summary(rounds[0]["inflight"])  # one repeat (info)
     table(f"LearnedReplicaRouter decision cost, {n_replicas} replicas, best of {repeats} (us; 1m load average "
           f"{out['load_average_1m']:.2f} on {os.cpu_count()} cores)", ["part", "p50", "p90", "p99", "mean"],
           [[label, *(out[label][k] for k in ("p50", "p90", "p99", "mean"))]
-           for label in ("rank_us", "rank_thread_cpu_us", "choose_replicas_us", "rank_with_inflight_sends_us")],
+           for label in ("rank_us", "rank_thread_cpu_us", "choose_replicas_us", "rank_with_inflight_sends_us",
+                         "rank_us_gc_enabled", "choose_replicas_us_gc_enabled")],
           caption="rank = the decision (features + ONNX + ranking) on cached stats, wall clock; thread_cpu = the "
                   "same calls in CPU time of this thread (excludes time other processes held the core); "
                   "choose_replicas adds Ray's availability filter and hashing a new 8.4k-char prompt; "
-                  "with_inflight_sends: stats 0.5 s old and 8 sends per replica since (one repeat)")
+                  "with_inflight_sends: stats 0.5 s old and 8 sends per replica since (one repeat); gc off while "
+                  "timing except the *_gc_enabled repeat")
     return out
 
 

@@ -28,6 +28,8 @@ import json
 import random
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import contains
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -174,64 +176,106 @@ def features_from_states(states: Any, hit_tokens: Any, input_tokens: Any) -> np.
     return x.astype(np.float32)
 
 
+_add, _mul = np.add, np.multiply
+
+
 class FeatureRows:
     """``features_from_states`` for one set of replica states, preallocated: the float32 rows ``x`` hold
     the state columns, and ``fill`` rewrites only the request columns (7..11) in place.
 
-    The serving hot path (``serving.replica_router``): a decision writes five columns instead of
-    building a matrix, and ``x`` can stay bound to an ONNX session (``ReplicaScorer.bind``). Values are
-    bitwise those of ``features_from_states`` (the same float64 arithmetic, one cast to float32).
+    The serving hot path (``serving.replica_router``): a decision costs three numpy calls instead of
+    building a matrix, and ``x`` can stay bound to an ONNX session (``ReplicaScorer.bind``). The five
+    request columns are ``(add + request) * mul`` in float64, cast once into ``x[:, 7:12]``, with
+    ``add = [0, 0, 0, waiting_tokens, waiting_tokens]`` and ``mul = [1, 1, 1, 1, step_ms / 1000]`` per
+    row and ``request = [input, hit, uncached, uncached, uncached]``: adding 0 and multiplying by 1 are
+    exact, so values are bitwise those of ``features_from_states`` (the same float64 arithmetic, one
+    cast to float32; ``tests/unit/test_replica_router.py`` pins it).
     """
 
-    __slots__ = ("x", "_wait", "_speed", "_work")
+    __slots__ = ("x", "_out", "_add", "_mul", "_req", "_rows", "_tmp", "_last")
 
     def __init__(self, states: Any) -> None:
         st = np.asarray(states, dtype=np.float64).reshape(-1, N_STATE)
-        self.x = np.zeros((st.shape[0], len(REPLICA_FEATURE_NAMES)), dtype=np.float32)
-        self._work = np.empty((2, st.shape[0]), dtype=np.float64)  # work_ahead_tokens, work_ahead_token_s
+        n = st.shape[0]
+        self.x = np.zeros((n, len(REPLICA_FEATURE_NAMES)), dtype=np.float32)
+        self._out = self.x[:, N_STATE:]  # the request columns, a view written by np.multiply(out=)
+        self._add = np.zeros((n, 5), dtype=np.float64)
+        self._mul = np.ones((n, 5), dtype=np.float64)
+        self._req = np.zeros(5, dtype=np.float64)  # one request row, broadcast (no prefix hit anywhere)
+        self._rows = np.zeros((n, 5), dtype=np.float64)  # per-row request values (prefix hits differ)
+        self._tmp = np.empty((n, 5), dtype=np.float64)
+        self._last: float | None = None  # input_tokens held in _req
         self.set_states(st)
 
     def set_states(self, states: Any) -> None:
         """Replace the state columns (same shape as at construction)."""
         st = np.asarray(states, dtype=np.float64).reshape(-1, N_STATE)
         self.x[:, :N_STATE] = st
-        self._wait = st[:, 3].copy()
-        self._speed = st[:, 6] / 1000.0
+        self._add[:, 3] = st[:, 3]
+        self._add[:, 4] = st[:, 3]
+        self._mul[:, 4] = st[:, 6] / 1000.0
 
     def set_queued(self, num_waiting: np.ndarray, waiting_tokens: np.ndarray) -> None:
-        """Replace only the ``num_waiting`` and ``waiting_tokens`` columns (float64 ``(n,)``; kept, not copied)."""
+        """Replace only the ``num_waiting`` and ``waiting_tokens`` columns (float64 ``(n,)``)."""
         self.x[:, 1] = num_waiting
         self.x[:, 3] = waiting_tokens
-        self._wait = waiting_tokens
+        self._add[:, 3] = waiting_tokens
+        self._add[:, 4] = waiting_tokens
 
-    def fill(self, hit_tokens: Sequence[int], input_tokens: int) -> np.ndarray:
-        """Write the request columns for a request of ``input_tokens`` with ``hit_tokens`` per row; returns ``x``."""
-        x, work = self.x, self._work
+    def set_queued_row(self, i: int, num_waiting: float, waiting_tokens: float) -> None:
+        """``set_queued`` for row ``i`` only."""
+        x = self.x
+        x[i, 1] = num_waiting
+        x[i, 3] = waiting_tokens
+        add = self._add
+        add[i, 3] = waiting_tokens
+        add[i, 4] = waiting_tokens
+
+    def fill(self, hit_tokens: Sequence[int] | None, input_tokens: int) -> np.ndarray:
+        """Write the request columns for a request of ``input_tokens`` with ``hit_tokens`` per row (``None``:
+        no hit anywhere); returns ``x``."""
         n_in = float(input_tokens)
-        if any(hit_tokens):
+        if hit_tokens is None or not any(hit_tokens):  # no prefix hit anywhere (the common case)
+            req = self._req
+            if n_in != self._last:
+                u = n_in if n_in > 1.0 else 1.0
+                req[0] = n_in
+                req[2] = req[3] = req[4] = u
+                self._last = n_in
+        else:
+            req = self._rows
             hits = np.array(hit_tokens, dtype=np.float64)
-            uncached: Any = np.maximum(n_in - hits, 1.0)
-            x[:, 7] = n_in
-            x[:, 8] = hits
-            x[:, 9] = uncached
-        else:  # no prefix hit anywhere (the common case): the three columns are constants
-            uncached = n_in if n_in > 1.0 else 1.0
-            x[:, 7:10] = (n_in, 0.0, uncached)
-        np.add(self._wait, uncached, out=work[0])
-        np.multiply(work[0], self._speed, out=work[1])
-        x[:, 10:12] = work.T
-        return x
+            req[:, 0] = n_in
+            req[:, 1] = hits
+            np.maximum(n_in - hits, 1.0, out=req[:, 2])
+            req[:, 3] = req[:, 2]
+            req[:, 4] = req[:, 2]
+        tmp = self._tmp
+        _add(self._add, req, tmp)  # positional out: no keyword parsing
+        _mul(tmp, self._mul, tmp)
+        self._out[...] = tmp  # one cast to float32 (faster than a casting ufunc into the strided view)
+        return self.x
 
 
 def request_hits(request: ReplicaRequest, summaries: Sequence[Container[int] | None]) -> list[int]:
     """``prefix_hit_tokens`` of ``request`` on each replica's prefix summary."""
-    hashes, n_in = request.prefix_hashes, request.input_tokens
+    hits = request_hits_or_none(request, summaries)
+    return [0] * len(summaries) if hits is None else hits
+
+
+def request_hits_or_none(request: ReplicaRequest, summaries: Sequence[Container[int] | None],
+                         present: Sequence[Container[int]] | None = None) -> list[int] | None:
+    """``request_hits``, or ``None`` when no replica has even the request's first block (the common case:
+    then every hit is 0 and ``FeatureRows.fill`` takes its broadcast path). ``present``: the summaries
+    that are not ``None`` (the caller may keep it per set of replicas)."""
+    hashes = request.prefix_hashes
     if not hashes:
-        return [0] * len(summaries)
-    first = hashes[0]
-    if not any([s is not None and first in s for s in summaries]):  # no replica has even the first block
-        return [0] * len(summaries)
-    n = len(hashes)
+        return None
+    if present is None:
+        present = [s for s in summaries if s is not None]
+    if not any(map(contains, present, repeat(hashes[0]))):  # C-level: no summary holds the first block
+        return None
+    n, n_in = len(hashes), request.input_tokens
     probes = [(hashes[p], min((p + 1) * BLOCK_TOKENS, n_in - 1)) for p in PREFIX_CHECKPOINTS if p < n]
     out = []
     for summary in summaries:  # prefix_hit_tokens, inlined: the checkpoint probes are built once per request
@@ -316,13 +360,16 @@ class BoundScorer:
 
     ONNX Runtime I/O binding to ``x``'s and an output array's memory: a call copies nothing in or out
     and allocates nothing (the serving hot path; ``predict`` converts a dict of arrays each call). The
-    returned ``(n,)`` array is overwritten by the next call; ``x`` must outlive this object (it is kept).
+    binding runs through the session's pybind object with one reused ``RunOptions`` when onnxruntime
+    exposes it (``InferenceSession._sess``; ~2 us less per call than the Python wrapper, which re-checks
+    WebGPU graph capture every call), else through ``run_with_iobinding``. The returned ``(n,)`` array
+    is overwritten by the next call; ``x`` must outlive this object (it is kept).
 
     Raises:
         ValueError: ``x`` is not float32, C-contiguous, ``(n, len(REPLICA_FEATURE_NAMES))``.
     """
 
-    __slots__ = ("x", "y", "_binding", "_run")
+    __slots__ = ("x", "y", "_binding", "_run", "_args")
 
     def __init__(self, scorer: ReplicaScorer, x: np.ndarray) -> None:
         if (x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != len(REPLICA_FEATURE_NAMES)
@@ -330,17 +377,24 @@ class BoundScorer:
             raise ValueError(f"BoundScorer needs a C-contiguous float32 (n, {len(REPLICA_FEATURE_NAMES)}) array; "
                              f"got {x.dtype} {x.shape}")
         self.x = x
-        self.y = np.empty((x.shape[0], 1), dtype=np.float32)
-        binding = scorer.session.io_binding()
+        self.y = np.empty(x.shape[0], dtype=np.float32)  # bound as the (n, 1) output: same memory
+        session = scorer.session
+        binding = session.io_binding()
         binding.bind_input(scorer._input, "cpu", 0, np.float32, list(x.shape), x.ctypes.data)
-        binding.bind_output(scorer._output, "cpu", 0, np.float32, list(self.y.shape), self.y.ctypes.data)
+        binding.bind_output(scorer._output, "cpu", 0, np.float32, [x.shape[0], 1], self.y.ctypes.data)
         self._binding = binding
-        self._run = scorer.session.run_with_iobinding
+        sess, raw = getattr(session, "_sess", None), getattr(binding, "_iobinding", None)
+        if sess is not None and raw is not None and hasattr(sess, "run_with_iobinding"):
+            import onnxruntime
+
+            self._run, self._args = sess.run_with_iobinding, (raw, onnxruntime.RunOptions())
+        else:  # another onnxruntime layout: the public wrapper
+            self._run, self._args = session.run_with_iobinding, (binding,)
 
     def __call__(self) -> np.ndarray:
-        """Predicted log TTFT of the rows ``x`` holds now, shape ``(n,)`` (a view, reused)."""
-        self._run(self._binding)
-        return self.y[:, 0]
+        """Predicted log TTFT of the rows ``x`` holds now, shape ``(n,)`` (reused)."""
+        self._run(*self._args)
+        return self.y
 
 
 # ---------------------------------------------------------------------------------------------- policies

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from operator import is_
+from operator import attrgetter, is_
 from collections import OrderedDict
 from collections.abc import Container, Mapping
 from typing import Any
@@ -24,12 +24,13 @@ import numpy as np
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
 from router.replica import (FeatureRows, Learned, ReplicaRequest, ReplicaScorer, ReplicaState, choose_pow2, has_stats,
-                            prefix_hit_tokens, replica_load, replica_state, request_from_body, request_hits)
+                            prefix_hit_tokens, replica_load, replica_state, request_from_body, request_hits_or_none)
 
 logger = logging.getLogger("ray.serve")
 # a replica's cached view: (its stats object, replica_state of it, prefix summary as a set, unique id)
 _Snap = tuple[Mapping[str, Any], ReplicaState, Container[int] | None, str]
 _NO_SENDS = (0, 0)
+_ROUTING_STATS = attrgetter("routing_stats")
 
 
 class SafeRequestRouter(FIFOMixin, RequestRouter):
@@ -139,9 +140,9 @@ class LearnedReplicaRouter(SafeRequestRouter):
         only the prefix hits and five feature columns are computed before the ONNX call.
         """
         policy = self._state()
-        stats = [r.routing_stats for r in cands]
+        stats = list(map(_ROUTING_STATS, cands))
         batch = self._batch
-        if not (policy.scorer is not None and batch is not None and len(batch.cands) == len(cands)
+        if not (batch is not None and policy.scorer is not None and len(batch.cands) == len(cands)
                 and all(map(is_, batch.cands, cands)) and all(map(is_, batch.stats, stats))):
             maybe = [self._snapshot(r) for r in cands]
             if policy.scorer is None or None in maybe:
@@ -149,8 +150,11 @@ class LearnedReplicaRouter(SafeRequestRouter):
                 return policy.rank(stats, request, queue_lens)
             batch = self._batch = _Batch(list(cands), stats, maybe, policy.scorer)  # type: ignore[arg-type]
             batch.add_sends([self._late.get(rid, _NO_SENDS) for rid in batch.ids])
-        batch.rows.fill(request_hits(request, batch.summaries), request.input_tokens)
-        return policy.rank_predictions(batch.predict().tolist())
+        batch.rows.fill(request_hits_or_none(request, batch.summaries, batch.present), request.input_tokens)
+        scores = batch.predict().tolist()
+        if len(set(scores)) == len(scores):  # no ties (the common case): router.replica.rank_by_scores, inlined
+            return sorted(range(len(scores)), key=scores.__getitem__)
+        return policy.rank_predictions(scores)
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
@@ -257,14 +261,15 @@ class _Batch:
     """One set of candidates with their stats objects: snapshots, prefix summaries, the state matrix and
     the feature rows bound to the scorer (rebuilt when a candidate or a stats object changes)."""
 
-    __slots__ = ("cands", "stats", "snaps", "ids", "index", "summaries", "states", "rows", "predict", "_waiting",
-                 "_tokens")
+    __slots__ = ("cands", "stats", "snaps", "ids", "index", "summaries", "present", "states", "rows", "predict",
+                 "_waiting", "_tokens")
 
     def __init__(self, cands: list[RunningReplica], stats: list[Any], snaps: list[_Snap], scorer: ReplicaScorer) -> None:
         self.cands, self.stats, self.snaps = cands, stats, snaps
         self.ids = [s[3] for s in snaps]
         self.index = {rid: i for i, rid in enumerate(self.ids)}
         self.summaries = [s[2] for s in snaps]
+        self.present = [s for s in self.summaries if s is not None]
         self.states = np.array([s[1] for s in snaps], dtype=np.float64)
         self.rows = FeatureRows(self.states)
         self.predict = scorer.bind(self.rows.x)
@@ -285,6 +290,4 @@ class _Batch:
         """
         self._waiting[i] += n
         self._tokens[i] += tokens
-        x = self.rows.x
-        x[i, 1] = self._waiting[i]
-        x[i, 3] = self._tokens[i]
+        self.rows.set_queued_row(i, self._waiting[i], self._tokens[i])

@@ -108,13 +108,17 @@ class ReplicaEngine:
     preallocated lists, the real-time driver a sink that resolves futures).
     """
 
-    __slots__ = ("cfg", "first", "done", "t0", "dt", "P", "K", "D", "version", "waiting", "waiting_tokens",
-                 "prefilling", "pf_total", "dec", "n_dec", "ctx_dec", "kv_used", "n_admitted", "cache",
-                 "n_prefill_tokens", "n_hit_tokens", "n_output_tokens", "n_requests", "busy_s", "_budget", "_max_seqs",
-                 "_kv_cap", "_block", "_cache_cap", "_base", "_s_seq", "_s_ctx", "_s_tok", "_slow")
+    __slots__ = ("cfg", "first", "done", "estimate_waiting", "t0", "dt", "P", "K", "D", "version", "waiting",
+                 "waiting_tokens", "prefilling", "pf_total", "dec", "n_dec", "ctx_dec", "kv_used", "n_admitted",
+                 "cache", "n_prefill_tokens", "n_hit_tokens", "n_output_tokens", "n_requests", "busy_s", "_budget",
+                 "_max_seqs", "_kv_cap", "_block", "_cache_cap", "_base", "_s_seq", "_s_ctx", "_s_tok", "_slow")
 
-    def __init__(self, cfg: EngineConfig | None = None, first: Any = None, done: Any = None) -> None:
+    def __init__(self, cfg: EngineConfig | None = None, first: Any = None, done: Any = None, *,
+                 estimate_waiting: bool = True) -> None:
         self.cfg = cfg = cfg or EngineConfig()
+        # False: skip the prefix-cache lookup that only feeds the ``waiting_tokens`` stat (a simulation
+        # whose policy reads no stats); ``stats`` then refuses to report
+        self.estimate_waiting = estimate_waiting
         self.first: MutableMapping[int, float] | list[float] = {} if first is None else first
         self.done: MutableMapping[int, float] | list[float] = {} if done is None else done
         self._budget, self._max_seqs, self._kv_cap = cfg.max_batch_tokens, cfg.max_num_seqs, cfg.kv_capacity_tokens
@@ -154,7 +158,16 @@ class ReplicaEngine:
             n_in = 1
         if n_out < 1:
             n_out = 1
-        est = n_in - self.cached_prefix_tokens(prefix_hashes, n_in) if prefix_hashes else n_in
+        est = n_in
+        if prefix_hashes and self._cache_cap and self.estimate_waiting:  # cached_prefix_tokens, inlined
+            cache, k = self.cache, 0
+            for h in prefix_hashes:
+                if h not in cache:
+                    break
+                k += 1
+            if k:
+                hit = k * self._block
+                est = n_in - (hit if hit < n_in else n_in - 1)
         need = n_in + n_out if n_in + n_out < self._kv_cap else self._kv_cap
         self.waiting_tokens += est
         waiting = self.waiting
@@ -269,7 +282,12 @@ class ReplicaEngine:
         """The routing stats this replica would report at ``now`` (keys in ``router.replica.STATS_KEYS``).
 
         ``prefix_summary`` is the live cache (``in`` works on it); ``summary_list`` makes the compact list.
+
+        Raises:
+            RuntimeError: the engine was built with ``estimate_waiting=False`` (``waiting_tokens`` unknown).
         """
+        if not self.estimate_waiting:
+            raise RuntimeError("ReplicaEngine(estimate_waiting=False) does not track waiting_tokens; no stats")
         self.sync(now)
         return {"num_ongoing": self.n_admitted, "num_waiting": len(self.waiting), "running_tokens": self.kv_used,
                 "waiting_tokens": self.pf_total + self.waiting_tokens, "kv_used_frac": self.kv_used / self._kv_cap,
@@ -318,7 +336,17 @@ class ReplicaEngine:
             while waiting and n_admitted < max_seqs and kv_used + waiting[0][5] <= kv_cap:
                 rid, n_in, n_out, hashes, est, need = waiting.popleft()
                 self.waiting_tokens -= est
-                n_blocks = self._touch_prefix(hashes) if hashes and cache_on else 0
+                n_blocks = 0
+                if hashes and cache_on:  # leading cached blocks, marked most recently used
+                    cache = self.cache
+                    for h in hashes:
+                        if h not in cache:
+                            break
+                        n_blocks += 1
+                    if n_blocks:
+                        move = cache.move_to_end
+                        for i in range(n_blocks - 1, -1, -1):
+                            move(hashes[i])
                 hit = (n_blocks * block if n_blocks * block < n_in else n_in - 1) if n_blocks else 0
                 self.n_hit_tokens += hit
                 self.prefilling.append([rid, n_in - hit, n_in, n_out, hashes, n_blocks, need])
@@ -348,22 +376,9 @@ class ReplicaEngine:
         if k == INF:
             self.K = 0
             return INF
-        self.K = k = int(k)
+        self.K = k  # an int here (only the idle case is the float INF)
         self.dt = dt = self._slow * (self._base + self._s_seq * n_dec + self._s_ctx * self.ctx_dec + self._s_tok * P)
         return self.t0 + k * dt
-
-    def _touch_prefix(self, hashes: Sequence[int]) -> int:
-        """Count the leading cached blocks of ``hashes`` and mark them most recently used."""
-        cache, n = self.cache, 0
-        for h in hashes:
-            if h not in cache:
-                break
-            n += 1
-        if n:
-            move = cache.move_to_end
-            for i in range(n - 1, -1, -1):
-                move(hashes[i])
-        return n
 
     def _insert_blocks(self, hashes: Sequence[int], start: int) -> None:
         """Cache the prompt's blocks after prefill; evict least recently used blocks beyond capacity.

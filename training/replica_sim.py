@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from router.replica import (REPLICA_FEATURE_NAMES, ReplicaPolicy, ReplicaRequest, RoundRobin, features_from_states,
-                            prefix_hit_tokens, replica_state)
+from router.replica import (REPLICA_FEATURE_NAMES, PowerOfTwo, ReplicaPolicy, ReplicaRequest, RoundRobin,
+                            features_from_states, prefix_hit_tokens, replica_state)
 from training.engine import EngineConfig, ReplicaEngine
 from training.formats import TraceRow, read_jsonl
 
@@ -256,7 +256,6 @@ def simulate(trace: Trace, n_replicas: int, policy: ReplicaPolicy, *,
     n = trace.n
     first: list[float] = [math.nan] * n
     done: list[float] = [math.nan] * n
-    engines = [ReplicaEngine(c, first, done) for c in cfgs]
     arrival, n_in, n_out = trace.arrival_s.tolist(), trace.input_tokens.tolist(), trace.output_tokens.tolist()
     hashes = trace.prefix_hashes
     chosen = [0] * n
@@ -270,18 +269,28 @@ def simulate(trace: Trace, n_replicas: int, policy: ReplicaPolicy, *,
     choose_loads = getattr(policy, "choose_loads", None)
     if needs == "load" and choose_loads is None:
         needs = "full"
+    if type(policy) is PowerOfTwo and n_replicas > 1:  # choose_pow2 inlined over the engines (same draws)
+        needs, rand = "pow2", policy._rnd.random
+        n_other = n_replicas - 1
+    # stats are read only by "full" policies and telemetry; else skip the lookup feeding waiting_tokens
+    engines = [ReplicaEngine(c, first, done, estimate_waiting=needs == "full" or telemetry) for c in cfgs]
 
     t_wall = time.perf_counter()
-    for i in range(n + 1):
-        t = arrival[i] if i < n else inf
+    for i in range(n):
+        t = arrival[i]
         m = min(next_t)
-        while m <= t and m < inf:  # every engine run that ends by t (engines are independent: any order)
+        while m <= t:  # every engine run that ends by t (engines are independent: any order); inf > any t
             r = next_t.index(m)
             next_t[r] = engines[r].step_run()
             m = min(next_t)
-        if i == n:
-            break
-        if needs == "load":
+        if needs == "pow2":  # router.replica.choose_pow2 on replica_load, without building the load list
+            a = int(rand() * n_replicas)
+            b = int(rand() * n_other)
+            b += b >= a
+            ea, eb = engines[a], engines[b]
+            la, lb = ea.n_admitted + len(ea.waiting), eb.n_admitted + len(eb.waiting)
+            r = (a if rand() < 0.5 else b) if la == lb else (a if la < lb else b)
+        elif needs == "load":
             r = choose_loads([e.n_admitted + len(e.waiting) for e in engines])
         elif needs == "full":
             req = ReplicaRequest(n_in[i], hashes[i])
@@ -299,6 +308,11 @@ def simulate(trace: Trace, n_replicas: int, policy: ReplicaPolicy, *,
         e.submit(t, i, n_in[i], n_out[i], hashes[i])
         if e.version != ver:  # re-planned (else the run still ends when it was planned to)
             next_t[r] = e.t0 + e.K * e.dt if e.K else inf
+    m = min(next_t)
+    while m < inf:  # drain: every run left
+        r = next_t.index(m)
+        next_t[r] = engines[r].step_run()
+        m = min(next_t)
     wall = time.perf_counter() - t_wall
     arr = trace.arrival_s
     ttft, e2e = np.array(first) - arr, np.array(done) - arr

@@ -20,7 +20,7 @@ from router.errors import ArtifactError, FeatureMismatchError
 from router.replica import (PREFIX_CHECKPOINTS, REPLICA_FEATURE_NAMES, FeatureRows, Learned, PrefixAffinity,
                             ReplicaRequest, ReplicaScorer, features_from_states, has_stats, make_policy,
                             prefix_hit_tokens, prompt_block_hashes, rank_by_scores, replica_feature_matrix,
-                            replica_features, replica_state, request_from_body)
+                            replica_features, replica_state, request_from_body, request_hits, request_hits_or_none)
 from serving.replica_router import LearnedReplicaRouter, Pow2ReplicaRouter
 from training.replica_eval import train_quick_scorer
 
@@ -213,6 +213,23 @@ def test_feature_rows_are_bitwise_the_featurization() -> None:
     shifted = states + 1.5
     rows.set_states(shifted)
     assert rows.fill([7] * 9, 100).tobytes() == features_from_states(shifted, [7] * 9, 100).tobytes()
+    for n_in in (100, 100, 0, 3, 3, 2_000_003):  # None = no hit anywhere; a repeated size reuses its row
+        assert rows.fill(None, n_in).tobytes() == features_from_states(shifted, [0] * 9, n_in).tobytes(), n_in
+        assert rows.fill([0, 512] + [0] * 7, n_in).tobytes() == features_from_states(
+            shifted, [0, 512] + [0] * 7, n_in).tobytes()
+    queued = shifted.copy()
+    queued[4, 1], queued[4, 3] = 17.0, 123_457.0
+    rows.set_queued_row(4, 17.0, 123_457.0)  # one replica's queue changed: its work-ahead columns follow
+    assert rows.fill(None, 2500).tobytes() == features_from_states(queued, [0] * 9, 2500).tobytes()
+
+
+def test_request_hits_or_none_is_none_only_without_a_first_block_anywhere() -> None:
+    summaries: list[set[int] | None] = [None, {1, 2}, {1}, set()]
+    assert request_hits_or_none(ReplicaRequest(5000, (9, 2)), summaries) is None
+    assert request_hits_or_none(ReplicaRequest(5000), summaries) is None
+    assert request_hits(ReplicaRequest(5000, (9, 2)), summaries) == [0, 0, 0, 0]
+    hits = request_hits_or_none(ReplicaRequest(5000, (1, 2)), summaries, [s for s in summaries if s is not None])
+    assert hits == request_hits(ReplicaRequest(5000, (1, 2)), summaries) == [0, 1024, 512, 0]
 
 
 def test_bound_scorer_predicts_what_predict_does_on_the_live_buffer(quick_model: Path) -> None:
@@ -224,6 +241,27 @@ def test_bound_scorer_predicts_what_predict_does_on_the_live_buffer(quick_model:
         assert bound().tolist() == scorer.predict(x.copy()).tolist()
     with pytest.raises(ValueError, match="C-contiguous float32"):
         scorer.bind(np.zeros((3, len(REPLICA_FEATURE_NAMES)), dtype=np.float64))
+
+
+def test_bound_scorer_without_the_pybind_session_uses_the_public_binding(quick_model: Path) -> None:
+    class PublicOnly:  # an onnxruntime session without the private ``_sess`` attribute
+        def __init__(self, session: Any) -> None:
+            self._s = session
+
+        def io_binding(self) -> Any:
+            return self._s.io_binding()
+
+        def run_with_iobinding(self, binding: Any) -> None:
+            self.calls = getattr(self, "calls", 0) + 1
+            self._s.run_with_iobinding(binding)
+
+    scorer = ReplicaScorer(quick_model)
+    rows = FeatureRows(np.array([replica_state(stats(ongoing=k, waiting_tokens=3000 * k)) for k in range(4)]))
+    x = rows.fill(None, 700)
+    want = scorer.predict(x.copy()).tolist()
+    scorer.session = PublicOnly(scorer.session)  # type: ignore[assignment]
+    bound = scorer.bind(x)
+    assert bound().tolist() == want and scorer.session.calls == 1  # type: ignore[attr-defined]
 
 
 def test_scorer_refuses_a_mismatched_or_corrupt_model(quick_model: Path, tmp_path: Path) -> None:

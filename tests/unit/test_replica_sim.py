@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.replica import REPLICA_FEATURE_NAMES, ReplicaRequest, make_policy, replica_features
+from router.replica import REPLICA_FEATURE_NAMES, PowerOfTwo, ReplicaRequest, make_policy, replica_features
 from training.engine import EngineConfig, ReplicaEngine
 from training.formats import TraceRow, write_jsonl
 from training.replica_sim import (SLO, Telemetry, Trace, replica_capacity_rps, scale_to_load, simulate)
@@ -176,3 +176,26 @@ def test_csv_traces_azure_style(tmp_path: Path) -> None:
     (tmp_path / "bad2.csv").write_text("time,input_tokens,output_tokens\nsoon,10,2\n")
     with pytest.raises(DataFormatError, match=r"bad2.csv:2: cannot parse"):
         Trace.read(tmp_path / "bad2.csv")
+
+
+def test_pow2_inlined_in_the_simulator_draws_as_the_policy_does() -> None:
+    class Pow2ViaPolicy(PowerOfTwo):  # not exactly PowerOfTwo: simulate calls choose_loads, not its inlined copy
+        pass
+
+    tr = scale_to_load(poisson(400, 5.0, seed=4), 0.9, 3, CFG).trace
+    for n_replicas in (1, 2, 3):
+        a = simulate(tr, n_replicas, PowerOfTwo(seed=5), engine=CFG)
+        b = simulate(tr, n_replicas, Pow2ViaPolicy(seed=5), engine=CFG)
+        assert a.replica.tolist() == b.replica.tolist() and a.ttft_s.tolist() == b.ttft_s.tolist()
+    assert len(set(a.replica.tolist())) == 3
+
+
+def test_skipping_the_waiting_estimate_changes_no_outcome() -> None:
+    hashes = [tuple(range(k % 5, k % 5 + 3)) for k in range(120)]
+    tr = scale_to_load(trace([(0.1 * k, 1536 + 7 * k, 1 + k % 9) for k in range(120)], hashes), 0.9, 2, CFG).trace
+    quiet = simulate(tr, 2, make_policy("least_loaded", seed=2), engine=CFG)  # reads no stats: no estimate
+    logged = simulate(tr, 2, make_policy("least_loaded", seed=2), engine=CFG, telemetry=True)
+    assert quiet.ttft_s.tolist() == logged.ttft_s.tolist() and quiet.replica.tolist() == logged.replica.tolist()
+    assert quiet.hit_tokens == logged.hit_tokens > 0
+    with pytest.raises(RuntimeError, match="estimate_waiting=False"):
+        ReplicaEngine(CFG, estimate_waiting=False).stats(0.0)
