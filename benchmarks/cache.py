@@ -18,8 +18,11 @@
    near-duplicate queries, embedding given (encoder excluded): ANN search + document fetch (+ expiry,
    tenant and context checks), in-process store and Redis on loopback (a spawned ``redis-server``).
    The verifier's extra cost is reported separately. Targets: p99 <= 1 ms in process, <= 2 ms Redis.
-   Encoder: single-prompt p50 on one thread (target <= 6 ms), the fused serving graph vs the packaged
-   graph (``router.encoder_graph``), interleaved prompt by prompt.
+   Encoder: single-prompt p50 on one thread (target <= 6 ms): the serving path (a lone prompt runs
+   ``router.encoder_graph.int8_minilm``, int8 activations) vs the fused float32 graph vs the packaged
+   graph, interleaved prompt by prompt, on CLINC150 queries and on a mix of longer prompts from other
+   sources (also by token length), with the serving path's parity to the packaged graph; and the
+   CLINC150 replay re-run with the stream embedded one prompt at a time, as served.
 
     python benchmarks/cache.py [--quick]
     ->  benchmarks/results/cache.json, benchmarks/results/cache.png
@@ -41,7 +44,18 @@ from benchmarks._common import REPO, console, environment, result_path, table, w
 SHARED = REPO.parent / "shared" / "data"
 
 
-def quality(encoder, n_stream: int, seed: int) -> dict:  # type: ignore[no-untyped-def]
+class SinglePrompts:
+    """An encoder view that embeds every text alone, as serving does (``SentenceEncoder`` runs every
+    text alone on its int8-activation graph, batches included, so this equals its batch output)."""
+
+    def __init__(self, encoder) -> None:  # type: ignore[no-untyped-def]
+        self.encoder = encoder
+
+    def encode(self, texts):  # type: ignore[no-untyped-def]
+        return np.stack([self.encoder._encode([t], 1)[0] for t in texts])
+
+
+def quality(encoder, n_stream: int, seed: int, single=None) -> dict:  # type: ignore[no-untyped-def]
     from training.cache_data import clinc_stream
     from training.cache_eval import evaluate_stream
     from training.cache_train import fit_matchers
@@ -52,6 +66,14 @@ def quality(encoder, n_stream: int, seed: int) -> dict:  # type: ignore[no-untyp
     rows = clinc_stream(SHARED, n=n_stream, seed=seed)
     report = evaluate_stream(rows, encoder, matchers, latency=False, step=console.print)
     report["stream"]["source"] = "CLINC150 data_full test split, no OOS, shuffled (seed %d)" % seed
+    if single is not None:  # the same fitted matchers, the stream embedded as serving embeds a request
+        served = evaluate_stream(rows, SinglePrompts(single), matchers, latency=False, step=console.print)
+        report["serving_embeddings"] = {
+            "embedding": "one prompt at a time (%s graph); matchers fitted on batch embeddings of the same encoder"
+                         % ("int8-activation" if getattr(single, "int8_single", False) else "float32"),
+            "matched": served["matched"], "at_target": served["at_target"],
+            "verifier": served["methods"]["verifier"]["overall"],
+            "per_category_thresholds": served["methods"]["per_category_thresholds"]["overall"]}
     return report
 
 
@@ -121,37 +143,87 @@ def latency(encoder, n_entries: int, n_queries: int, seed: int) -> dict:  # type
     return out
 
 
-def encoder_latency(encoder, shipped, n: int) -> dict:  # type: ignore[no-untyped-def]
-    """Single-prompt p50 of the serving encoder (fused graph) and, interleaved prompt by prompt so
-    both see the same machine load, of the packaged graph + numpy pooling (the baseline). Wall clock
-    and the calling thread's CPU time (which excludes time spent descheduled on a busy machine)."""
-    from training.cache_data import clinc_stream
+def encoder_prompts(n: int, seed: int = 1) -> tuple[list[str], list[str]]:
+    """CLINC150 test queries (short assistant commands) and a mix of other sources' prompts
+    (GSM8K, MT-Bench, MMLU, MBPP, ARC-Challenge, ShareGPT first turns: longer, up to truncation)."""
+    from training.cache_data import _shared_bases, clinc_stream
 
-    texts = [str(r["text"]) for r in clinc_stream(SHARED, n=n, seed=1)] if SHARED.is_dir() else ["hello world"] * n
-    for t in texts[:20]:  # warm-up
-        encoder._encode([t], 1)
-        shipped._encode([t], 1)
-    wall: dict[str, list[float]] = {"fused": [], "shipped": []}
-    cpu: dict[str, list[float]] = {"fused": [], "shipped": []}
-    for t in texts:
-        for name, enc in (("fused", encoder), ("shipped", shipped)):
-            s, c = time.perf_counter(), time.thread_time()
+    if not SHARED.is_dir():
+        return ["hello world"] * n, ["hello world"] * n
+    clinc = [str(r["text"]) for r in clinc_stream(SHARED, n=n, seed=seed)]
+    mix = [t for t, _ in _shared_bases(SHARED, n, np.random.default_rng(seed))]
+    return clinc, mix
+
+
+LENGTH_BUCKETS = ((1, 16), (17, 32), (33, 64), (65, 128))
+
+
+def encoder_latency(encoder, fp32, shipped, n: int) -> dict:  # type: ignore[no-untyped-def]
+    """Single-prompt p50 of the serving encoder (fused graph, int8 activations for one prompt), the
+    fused float32 graph and the packaged graph + numpy pooling (the baseline), interleaved prompt by
+    prompt so all see the same machine load. Wall clock and the calling thread's CPU time (which
+    excludes time spent descheduled on a busy machine). Prompts: CLINC150 queries (the headline
+    numbers, as before) and a mix of longer prompts from other sources, also reported by token
+    length. Parity of the serving path: cosine to the packaged graph's embedding, and the drift of
+    pairwise cosine similarities (what thresholds and classifier heads see)."""
+    clinc, mix = encoder_prompts(n)
+    encs = (("serving", encoder), ("fused_fp32", fp32), ("shipped", shipped))
+    for t in clinc[:20]:  # warm-up
+        for _, enc in encs:
             enc._encode([t], 1)
+    wall: dict[str, list[float]] = {k: [] for k, _ in encs}
+    cpu: dict[str, list[float]] = {k: [] for k, _ in encs}
+    vecs: dict[str, list[np.ndarray]] = {k: [] for k, _ in encs}
+    texts = clinc + mix
+    for t in texts:
+        for name, enc in encs:
+            s, c = time.perf_counter(), time.thread_time()
+            v = enc._encode([t], 1)
             cpu[name].append(time.thread_time() - c)
             wall[name].append(time.perf_counter() - s)
+            vecs[name].append(v[0])
 
     def pct(xs: list[float], q: float) -> float:
         return float(np.percentile(np.array(xs) * 1000.0, q))
 
-    tokens = [len(encoder.tokenizer.encode(t).ids) for t in texts]
-    return {"prompts": n, "threads": 1, "graph": "fused" if encoder.fused else "shipped",
-            "p50_ms": pct(wall["fused"], 50), "p99_ms": pct(wall["fused"], 99), "p50_cpu_ms": pct(cpu["fused"], 50),
-            "shipped_p50_ms": pct(wall["shipped"], 50), "shipped_p99_ms": pct(wall["shipped"], 99),
-            "shipped_p50_cpu_ms": pct(cpu["shipped"], 50),
-            "speedup_p50": pct(wall["shipped"], 50) / pct(wall["fused"], 50),
-            "speedup_p50_cpu": pct(cpu["shipped"], 50) / pct(cpu["fused"], 50),
-            "prompt_tokens_p50": float(np.percentile(tokens, 50)), "prompt_tokens_max": int(max(tokens)),
-            "prompts_from": "CLINC150 test queries" if SHARED.is_dir() else "'hello world'"}
+    tokens = np.array([len(encoder.tokenizer.encode(t).ids) for t in texts])
+    nc = len(clinc)
+    c_wall = {k: v[:nc] for k, v in wall.items()}
+    c_cpu = {k: v[:nc] for k, v in cpu.items()}
+    out = {"prompts": n, "threads": 1, "graph": ("fused_int8" if encoder.int8_single else "fused") if encoder.fused
+           else "shipped",
+           "p50_ms": pct(c_wall["serving"], 50), "p99_ms": pct(c_wall["serving"], 99),
+           "p50_cpu_ms": pct(c_cpu["serving"], 50),
+           "shipped_p50_ms": pct(c_wall["shipped"], 50), "shipped_p99_ms": pct(c_wall["shipped"], 99),
+           "shipped_p50_cpu_ms": pct(c_cpu["shipped"], 50),
+           "speedup_p50": pct(c_wall["shipped"], 50) / pct(c_wall["serving"], 50),
+           "speedup_p50_cpu": pct(c_cpu["shipped"], 50) / pct(c_cpu["serving"], 50),
+           "fused_fp32_p50_ms": pct(c_wall["fused_fp32"], 50), "fused_fp32_p99_ms": pct(c_wall["fused_fp32"], 99),
+           "fused_fp32_p50_cpu_ms": pct(c_cpu["fused_fp32"], 50),
+           "speedup_p50_vs_fused_fp32": pct(c_wall["fused_fp32"], 50) / pct(c_wall["serving"], 50),
+           "speedup_p50_cpu_vs_fused_fp32": pct(c_cpu["fused_fp32"], 50) / pct(c_cpu["serving"], 50),
+           "prompt_tokens_p50": float(np.percentile(tokens[:nc], 50)), "prompt_tokens_max": int(tokens[:nc].max()),
+           "prompts_from": "CLINC150 test queries" if SHARED.is_dir() else "'hello world'"}
+    mix_note = "GSM8K, MT-Bench, MMLU, MBPP, ARC-Challenge, ShareGPT first turns (training.cache_data._shared_bases)"
+    out["mix"] = {"prompts": len(mix), "prompts_from": mix_note,
+                  "prompt_tokens_p50": float(np.percentile(tokens[nc:], 50)), "prompt_tokens_max": int(tokens[nc:].max()),
+                  **{f"{k}_p50_ms": pct(v[nc:], 50) for k, v in wall.items()},
+                  **{f"{k}_p50_cpu_ms": pct(v[nc:], 50) for k, v in cpu.items()}}
+    out["by_tokens"] = []
+    for lo, hi in LENGTH_BUCKETS:  # CLINC + mix together
+        sel = np.flatnonzero((tokens >= lo) & (tokens <= hi))
+        if sel.size:
+            out["by_tokens"].append({"tokens": f"{lo}-{hi}", "prompts": int(sel.size),
+                                     **{f"{k}_p50_ms": pct([v[i] for i in sel], 50) for k, v in wall.items()},
+                                     **{f"{k}_p50_cpu_ms": pct([v[i] for i in sel], 50) for k, v in cpu.items()}})
+    a, ref = np.stack(vecs["serving"]), np.stack(vecs["shipped"])
+    cos = (a * ref).sum(axis=1)
+    drift = np.abs(a @ a.T - ref @ ref.T)[np.triu_indices(len(a), 1)]
+    out["parity_vs_shipped"] = {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
+                                "cos_p1": float(np.percentile(cos, 1)), "pair_cos_drift_mean": float(drift.mean()),
+                                "pair_cos_drift_p99": float(np.percentile(drift, 99)),
+                                "pair_cos_drift_max": float(drift.max())}
+    return out
 
 
 def load_adaptation(report: dict) -> dict:
@@ -211,7 +283,9 @@ def main() -> None:
     files = encoder_source_files()
     shipped1 = SentenceEncoder(files[ENCODER_FILE], files[TOKENIZER_FILE], max_length=ENCODER_MAX_LENGTH, threads=1,
                                fuse=False)
-    rep = quality(enc2, 1000 if a.quick else 3000, a.seed)
+    fp32_1 = SentenceEncoder(files[ENCODER_FILE], files[TOKENIZER_FILE], max_length=ENCODER_MAX_LENGTH, threads=1,
+                             int8_single=False)
+    rep = quality(enc2, 1000 if a.quick else 3000, a.seed, single=enc1)
     at = rep["at_target"]
     rows = [[name, (at[name] or {}).get("hit_rate"), (at[name] or {}).get("false_hit_rate"),
              rep["methods"][name]["overall"]["hit_rate"], rep["methods"][name]["overall"]["false_hit_rate"]]
@@ -231,16 +305,35 @@ def main() -> None:
             og.get("hit_rate"), og.get("false_hit_rate")]],
           caption=f"verifier / oracle global {mt['hit_rate_ratio_verifier_vs_oracle_global']}; verifier / fitted global "
                   f"{mt['hit_rate_ratio_verifier_vs_fitted_global']} (None: the baseline has no hits)")
+    sv = rep.get("serving_embeddings")
+    if sv is not None:
+        table("Same matchers, stream embedded one prompt at a time as served (CLINC150)",
+              ["rule", "batch hit rate", "FHR", "served hit rate", "FHR"],
+              [[name, rep["methods"][name]["overall"]["hit_rate"], rep["methods"][name]["overall"]["false_hit_rate"],
+                sv[name]["hit_rate"], sv[name]["false_hit_rate"]] for name in ("per_category_thresholds", "verifier")],
+              caption=sv["embedding"])
     lat = latency(enc2, 10_000 if a.quick else 100_000, 500 if a.quick else 3000, a.seed)
-    enc = encoder_latency(enc1, shipped1, 100 if a.quick else 500)
+    enc = encoder_latency(enc1, fp32_1, shipped1, 100 if a.quick else 500)
     la = load_adaptation(rep)
     table("Semantic lookup latency (encoder excluded)", ["store", "p50 ms", "p99 ms", "target p99"],
           [["in-process", lat["memory"]["p50_ms"], lat["memory"]["p99_ms"], 1.0],
            ["redis (loopback)", lat["redis"]["p50_ms"], lat["redis"]["p99_ms"], 2.0],
            ["encoder, 1 prompt, 1 thread", enc["p50_ms"], enc["p99_ms"], "p50 6.0"],
+           ["encoder fused float32 graph", enc["fused_fp32_p50_ms"], enc["fused_fp32_p99_ms"], ""],
            ["encoder as shipped (baseline)", enc["shipped_p50_ms"], enc["shipped_p99_ms"], ""]],
           caption=f"{lat['entries']:,} entries in one partition; encoder speed-up p50 {enc['speedup_p50']:.2f}x wall, "
-                  f"{enc['speedup_p50_cpu']:.2f}x CPU time; prompts p50 {enc['prompt_tokens_p50']:.0f} tokens")
+                  f"{enc['speedup_p50_cpu']:.2f}x CPU time vs shipped ({enc['speedup_p50_cpu_vs_fused_fp32']:.2f}x CPU vs "
+                  f"fused float32); prompts p50 {enc['prompt_tokens_p50']:.0f} tokens")
+    par = enc["parity_vs_shipped"]
+    table("Encoder, one prompt, one thread, by prompt length (CLINC150 + mixed sources)",
+          ["tokens", "prompts", "serving p50 ms", "fused fp32 p50 ms", "shipped p50 ms", "serving CPU ms",
+           "shipped CPU ms"],
+          [[b["tokens"], b["prompts"], b["serving_p50_ms"], b["fused_fp32_p50_ms"], b["shipped_p50_ms"],
+            b["serving_p50_cpu_ms"], b["shipped_p50_cpu_ms"]] for b in enc["by_tokens"]]
+          + [["mix (all)", enc["mix"]["prompts"], enc["mix"]["serving_p50_ms"], enc["mix"]["fused_fp32_p50_ms"],
+              enc["mix"]["shipped_p50_ms"], enc["mix"]["serving_p50_cpu_ms"], enc["mix"]["shipped_p50_cpu_ms"]]],
+          caption=f"serving vs shipped embeddings: cosine mean {par['cos_mean']:.4f}, min {par['cos_min']:.4f}; "
+                  f"pairwise cosine drift p99 {par['pair_cos_drift_p99']:.4f}, max {par['pair_cos_drift_max']:.4f}")
     table("Load adaptation (fully loaded answering model)", ["rule", "hit rate calm", "FHR calm", "hit rate loaded",
                                                               "FHR loaded"],
           [[r, (v["calm"] or {}).get("hit_rate"), (v["calm"] or {}).get("false_hit_rate"),

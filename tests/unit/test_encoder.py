@@ -1,5 +1,6 @@
-"""The sentence encoder's fused serving graph (router.encoder_graph) gives the packaged graph's
-embeddings: the classifier heads and cache thresholds fitted on one are used with the other."""
+"""The sentence encoder's graphs (router.encoder_graph): the fused float32 graph gives the packaged
+graph's embeddings; the int8-activation graph that embeds every text (training and serving alike)
+stays close to them, and a text's embedding does not depend on the batch it came in."""
 
 from __future__ import annotations
 
@@ -17,9 +18,18 @@ def encoders():  # type: ignore[no-untyped-def]
     from training.classifier import ENCODER_FILE, ENCODER_MAX_LENGTH, TOKENIZER_FILE, encoder_source_files
 
     files = encoder_source_files()
-    fused = SentenceEncoder(files[ENCODER_FILE], files[TOKENIZER_FILE], max_length=ENCODER_MAX_LENGTH)
+    fused = SentenceEncoder(files[ENCODER_FILE], files[TOKENIZER_FILE], max_length=ENCODER_MAX_LENGTH,
+                            int8_single=False)
     shipped = SentenceEncoder(files[ENCODER_FILE], files[TOKENIZER_FILE], max_length=ENCODER_MAX_LENGTH, fuse=False)
     return fused, shipped
+
+
+@pytest.fixture(scope="module")
+def serving():  # type: ignore[no-untyped-def]
+    """The encoder as serving (and training) builds it: every text on the int8-activation graph."""
+    from training.classifier import load_encoder
+
+    return load_encoder(threads=1)
 
 
 def _prompts(n: int) -> list[str]:
@@ -44,6 +54,73 @@ def test_fused_graph_is_used_and_matches_the_packaged_graph(encoders) -> None:  
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
     for t in texts[:8] + texts[-7:]:  # the single-prompt (unpadded, memoised) path
         assert float(fused.encode([t])[0] @ shipped.encode([t])[0]) >= 0.9999
+
+
+def test_every_text_runs_the_int8_graph_close_to_the_packaged_graph(serving, encoders) -> None:  # type: ignore[no-untyped-def]
+    """The one embedding function quantizes activations (router.encoder_graph.int8_minilm). Its
+    embeddings and, what thresholds and classifier heads actually see, its pairwise similarities stay
+    close to the packaged graph's. Serving holds that one session, no float32 graph besides."""
+    _, shipped = encoders
+    assert serving.int8_single
+    assert serving.session.get_modelmeta().graph_name == "minilm_fused_int8"
+    import onnx
+
+    ops = [n.op_type for n in onnx.load_from_string(serving.single_graph).graph.node]
+    assert ops.count("DynamicQuantizeMatMul") == 24 and "Gather" in ops  # 6 layers x 4; outlier channels in float32
+    texts = _prompts(80)
+    ref = shipped.encode(texts)
+    single = np.stack([serving._encode([t], 1)[0] for t in texts])
+    cos = (single * ref).sum(axis=1)
+    assert cos.mean() >= 0.998 and cos.min() >= 0.985, (cos.mean(), cos.min(), texts[int(cos.argmin())])
+    assert not np.allclose(single, ref, atol=1e-5)  # it is a different computation, not the float32 graph
+    iu = np.triu_indices(len(texts), 1)
+    drift = np.abs((single @ single.T) - (ref @ ref.T))[iu]
+    assert float(np.percentile(drift, 99)) <= 0.02 and float(drift.max()) <= 0.05, (np.percentile(drift, 99),
+                                                                                      drift.max())
+
+
+def test_a_batch_row_is_bit_identical_to_the_text_alone(serving) -> None:  # type: ignore[no-untyped-def]
+    """Training embeds batches (classifier heads, cache thresholds, verifier), serving one prompt
+    (memoised): both must see the same vector, bit for bit, whatever the batch, its order, the batch
+    size or the thread count (training loads the encoder with 2 threads, serving with 1)."""
+    from training.classifier import load_encoder
+
+    texts = _prompts(40)
+    alone = np.stack([serving._encode([t], 1)[0] for t in texts])
+    np.testing.assert_array_equal(serving.encode(texts, batch_size=8), alone)
+    rev = serving.encode(texts[::-1] + ["word " * 300], batch_size=32)  # other neighbours, other padding
+    np.testing.assert_array_equal(rev[:-1][::-1], alone)
+    np.testing.assert_array_equal(load_encoder(threads=2).encode(texts), alone)
+    for i in (0, 5, len(texts) - 1):  # the memoised single-prompt path (Router.decide)
+        np.testing.assert_array_equal(serving.encode([texts[i]])[0], alone[i])
+        np.testing.assert_array_equal(serving.encode_one(texts[i]), alone[i])
+
+
+def test_without_the_int8_graph_everything_runs_float32(monkeypatch, caplog, encoders) -> None:  # type: ignore[no-untyped-def]
+    """An onnxruntime that cannot build the int8 graph: a warning, then batches and lone prompts
+    both run the fused float32 graph (still one featurization), with the packaged graph's vectors."""
+    import logging
+
+    import router.encoder as encoder_mod
+    import router.encoder_graph as graph_mod
+    from router.encoder import SentenceEncoder
+    from training.classifier import ENCODER_FILE, ENCODER_MAX_LENGTH, TOKENIZER_FILE, encoder_source_files
+
+    def broken(*_a, **_k):  # type: ignore[no-untyped-def]
+        raise RuntimeError("no DynamicQuantizeMatMul here")
+
+    monkeypatch.setattr(encoder_mod, "_INT8", {})
+    monkeypatch.setattr(graph_mod, "matmul_inputs", broken)
+    files = encoder_source_files()
+    with caplog.at_level(logging.WARNING, logger="turnout.encoder"):
+        enc = SentenceEncoder(files[ENCODER_FILE], files[TOKENIZER_FILE], max_length=ENCODER_MAX_LENGTH)
+    assert "int8 encoder graph not built" in caplog.text and "no DynamicQuantizeMatMul here" in caplog.text
+    assert enc.fused and not enc.int8_single and enc.session.get_modelmeta().graph_name != "minilm_fused_int8"
+    _, shipped = encoders
+    texts = _prompts(8)
+    batch, ref = enc.encode(texts), shipped.encode(texts)
+    assert float((batch * ref).sum(axis=1).min()) >= 0.9999
+    assert float(min(enc.encode([t])[0] @ batch[i] for i, t in enumerate(texts))) >= 0.9999
 
 
 def test_a_single_prompt_is_not_padded_and_padding_does_not_move_it(encoders) -> None:  # type: ignore[no-untyped-def]
