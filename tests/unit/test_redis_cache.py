@@ -23,7 +23,10 @@ Q_NEAR = "What is the boiling point of pure water at sea level in degrees Celsiu
 
 @pytest.fixture
 def settings(redis_url: str) -> CacheStoreSettings:
-    return CacheStoreSettings(kind="redis", url=redis_url, key_prefix=f"test:{uuid.uuid4().hex[:8]}:")
+    # the 50 ms production socket timeout would turn a loaded CI box's slow reply into a test failure;
+    # these tests are about sharing, not timeouts (the failure tests below use a dead server)
+    return CacheStoreSettings(kind="redis", url=redis_url, key_prefix=f"test:{uuid.uuid4().hex[:8]}:",
+                              socket_timeout_s=2.0)
 
 
 @pytest.fixture
@@ -138,7 +141,7 @@ def test_a_server_that_dies_mid_flight_turns_lookups_into_misses(redis_url: str,
 
     server = spawn_redis()
     try:
-        s = CacheStoreSettings(kind="redis", url=server.url, retry_after_s=0.0)
+        s = CacheStoreSettings(kind="redis", url=server.url, retry_after_s=0.0, socket_timeout_s=2.0)
         cache = make(caches, s, follow=True)
         cache.insert("t", "knowledge", "semantic", Q, "100 °C", "medium", now_s=0.0)
         assert cache.lookup("t", "knowledge", "semantic", Q_NEAR, now_s=1.0) is not None
