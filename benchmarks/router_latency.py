@@ -4,10 +4,14 @@ Simulates logged traffic from ``configs/world.yaml``, builds a bundle in a tempo
 times one call at a time on one thread, after a warm-up:
 
 * ``clf_onnx``     ``router.classifier.predict_proba([text])``: for the ``tfidf_sparse_linear`` kind that
-                   training writes now, ``router.tfidf`` (TF-IDF vector in numpy) + the ONNX linear head,
-                   + temperature; for older bundles the skl2onnx string graph. Two of its parts:
+                   training writes now, ``router.tfidf`` (TF-IDF vector in numpy) + the linear head of
+                   ``classifier.onnx`` (evaluated with numpy from the graph's own weights, router.linear_head,
+                   when the graph is the known sparse head; else onnxruntime) + temperature; for older
+                   bundles the skl2onnx string graph. Its parts:
 * ``clf_tfidf``    ``TfidfVocabulary.transform`` alone (n-gram keys, cuckoo-hash lookup, counts, idf, L2);
-* ``clf_head``     the ONNX head alone (one ``session.run`` on the precomputed TF-IDF vector);
+* ``clf_head``     the head as serving runs it (numpy logits + softmax) on the precomputed TF-IDF vector;
+* ``clf_head_onnxruntime``  the same head as one onnxruntime ``session.run`` (what serving ran before; the
+                   parity block reports the two heads' max |Δp| and whether calibrated probabilities agree);
 * ``ood``          the OOD score's inputs: ``CharLanguageModel.mean_nll`` + ``oov_rate`` on the prepared text;
 * ``clf_native``   the same pipeline in scikit-learn (``CategoryTrainer`` refit on the rows the bundle's
                    classifier was refitted on, same seed; the baseline the ONNX export is meant to beat);
@@ -24,9 +28,11 @@ times one call at a time on one thread, after a warm-up:
 
 Then **throughput** (issue 7 target: >= 5,000 decisions/s on one core without the sentence encoder):
 ``Router.decide`` one request at a time vs ``Router.decide_batch`` in micro-batches of 8/32/128 (same
-decisions, see tests/unit/test_router_speed.py), over all mixed prompts, in rounds that rotate the
-order of the variants; decisions per CPU-second of this single-threaded process (= one core) and per
-wall second, with the 1-minute load average alongside (the box is shared).
+decisions, see tests/unit/test_router_speed.py), and ``decide (onnxruntime head)`` (a second router
+whose classifier runs its head with onnxruntime, the pre-numpy path, as the in-run baseline of that
+change), over all mixed prompts, in rounds that rotate the order of the variants; decisions per
+CPU-second of this single-threaded process (= one core) and per wall second, with the 1-minute load
+average alongside (the box is shared).
 
 The operations are **interleaved call by call** (rotating order) so that the noise of this shared
 2-core box hits every operation alike; speed claims are the ratios, measured in the same run.
@@ -57,6 +63,7 @@ from _common import CONFIGS, console, environment, table, write_json  # noqa: E4
 from router.cache import CachePolicy, CategoryCachePolicy, ResponseCache  # noqa: E402
 from router.decision import Router  # noqa: E402
 from router.features import featurize  # noqa: E402
+from router.linear_head import softmax_row  # noqa: E402
 from router.policy import choose, utilities  # noqa: E402
 from router.log_schema import read_logs  # noqa: E402
 from router.request import Message, Request  # noqa: E402
@@ -102,13 +109,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for prompts in (mix, *buckets.values()):
             _prepare(router, prompts)
         parity = _parity(router, native, mix[:500])
+        parity.update(_head_parity(router, mix[:500]))
         rng = np.random.default_rng(args.seed)
         ops = _ops(router, native, rng)
 
         with console.status(f"timing {len(ops)} operations x {n_mix} interleaved calls (mixed prompts)"):
             mix_ns = _interleaved(ops, mix, n_mix, n_warm)
         with console.status("throughput: decide vs decide_batch, interleaved rounds"):
-            throughput = _throughput(router, mix, np.random.default_rng(args.seed + 7), n_rounds=3 if args.quick else 5)
+            reference = Router(bundle, cache=ResponseCache(skip))
+            reference.classifier.head = None  # the onnxruntime head: the in-run baseline of router.linear_head
+            throughput = _throughput(router, mix, np.random.default_rng(args.seed + 7), n_rounds=3 if args.quick else 5,
+                                     reference=reference)
         bucket_ops = {k: ops[k] for k in ("clf_onnx", "clf_native", "featurize", "decide")}
         bucket_ns: dict[str, dict[str, np.ndarray]] = {}
         for name, prompts in buckets.items():
@@ -209,14 +220,35 @@ def _parity(router: Router, native: CategoryTrainer, prompts: Sequence[Prompt]) 
             "argmax_agreement": float(np.mean(a.argmax(1) == b.argmax(1)))}
 
 
+def _head_parity(router: Router, prompts: Sequence[Prompt]) -> dict[str, Any]:
+    """The numpy head (router.linear_head) vs the same graph in onnxruntime: raw probabilities and the
+    calibrated float32 probabilities decisions read."""
+    from router.classifier import CategoryClassifier
+
+    clf = router.classifier
+    if clf.head is None:
+        return {"numpy_head": False}
+    ort = CategoryClassifier(clf.session, clf.taxonomy, clf.info, clf.lm, None, clf.vocabulary)
+    prepared = [p.prepared for p in prompts]
+    a, b = np.array(clf._raw_rows(prepared)), np.array(ort._raw_rows(prepared))
+    texts = [p.text for p in prompts]
+    ca, cb = clf.predict_proba(texts), ort.predict_proba(texts)
+    return {"numpy_head": True, "numpy_vs_onnxruntime_head_max_abs_raw_prob_diff": float(np.max(np.abs(a - b))),
+            "numpy_vs_onnxruntime_head_calibrated_rows_identical": int((ca == cb).all(axis=1).sum())}
+
+
 def _ops(router: Router, native: CategoryTrainer, rng: np.random.Generator) -> dict[str, Callable[[Prompt], Any]]:
     pipe = native._fitted()  # the bare sklearn Pipeline: no wrapper overhead in the baseline
     clf = router.classifier
     exploration = router.config.exploration
     return {
         "clf_onnx": lambda p: router.classifier.predict_proba([p.text]),
-        **({"clf_tfidf": lambda p: clf.vocabulary.transform(p.prepared),  # type: ignore[union-attr]
-            "clf_head": lambda p: clf.session.run(["probabilities"], p.tfidf)} if clf.vocabulary is not None else {}),
+        **({"clf_tfidf": lambda p: clf.vocabulary.transform(p.prepared)}  # type: ignore[union-attr]
+           if clf.vocabulary is not None else {}),
+        **({"clf_head": lambda p: softmax_row(clf.head.logits_row(  # type: ignore[union-attr]
+            p.tfidf["indices"], p.tfidf["values"]))} if clf.head is not None else {}),
+        **({"clf_head_onnxruntime": lambda p: clf.session.run(["probabilities"], p.tfidf)}
+           if clf.vocabulary is not None else {}),
         "ood": lambda p: (clf.lm.mean_nll(p.prepared), clf.lm.oov_rate(p.prepared)) if clf.lm is not None else None,
         "clf_native": lambda p: pipe.predict_proba([p.text]),
         "featurize": lambda p: featurize(p.text, p.probs, 1),
@@ -257,13 +289,16 @@ BATCH_SIZES = (8, 32, 128)
 TARGET_DECISIONS_PER_S = 5000
 
 
-def _throughput(router: Router, prompts: list[Prompt], rng: np.random.Generator, n_rounds: int) -> dict[str, Any]:
+def _throughput(router: Router, prompts: list[Prompt], rng: np.random.Generator, n_rounds: int,
+                reference: Router | None = None) -> dict[str, Any]:
     """Decisions per second on one thread over all ``prompts``: ``decide`` one at a time, and
     ``decide_batch`` in micro-batches of each size in ``BATCH_SIZES``. Rounds rotate the order of the
     variants so background load hits each alike; both wall time and this process's CPU time are kept
     (CPU time = decisions per core-second, the less noisy number on a shared machine)."""
     reqs = [p.request for p in prompts]
     variants: dict[str, Callable[[], None]] = {"decide": lambda: [router.decide(r, now_s=0.0, rng=rng) for r in reqs]}
+    if reference is not None:
+        variants["decide (onnxruntime head)"] = lambda: [reference.decide(r, now_s=0.0, rng=rng) for r in reqs]
     if hasattr(router, "decide_batch"):
         for b in BATCH_SIZES:
             variants[f"decide_batch({b})"] = (lambda b=b: [router.decide_batch(reqs[i:i + b], now_s=0.0, rng=rng)
@@ -353,7 +388,11 @@ def _report(mix_ns: dict[str, np.ndarray], bucket_ns: dict[str, dict[str, np.nda
           [[k, r["p50"], r["p99"], r["mean"], f"{r['block_p50_min']:.2f}..{r['block_p50_max']:.2f}"]
            for k, r in ratios.items()],
           caption=f"ONNX vs native parity on {parity['n']} prompts: argmax agreement "
-                  f"{parity['argmax_agreement']:.4f}, max |Δp| {parity['max_abs_prob_diff']:.2e}")
+                  f"{parity['argmax_agreement']:.4f}, max |Δp| {parity['max_abs_prob_diff']:.2e}"
+                  + (f"; numpy head vs onnxruntime head: max |Δp| "
+                     f"{parity['numpy_vs_onnxruntime_head_max_abs_raw_prob_diff']:.2e}, calibrated rows identical "
+                     f"{parity['numpy_vs_onnxruntime_head_calibrated_rows_identical']}/{parity['n']}"
+                     if parity.get("numpy_head") else ""))
 
     by_bucket: dict[str, Any] = {}
     rows, shares = [], []

@@ -6,8 +6,11 @@ Model kinds, trained and chosen by ``training.classifier.fit_category_model``:
   ``tfidf_vocab.json``) turns a prepared text into its word 1-2-gram + char 2-4-gram TF-IDF vector
   (sorted feature indices + values, float64); ``classifier.onnx`` is the logistic-regression head on it:
   inputs ``indices`` int64 (L,) and ``values`` float64 (L,), output ``probabilities`` float64 (1, C),
-  one call per text (Gather + MatMul + Add + Softmax). Matches scikit-learn to ~1e-12 (tests pin
-  1e-10); the n-grams are counted in numpy instead of onnxruntime's string ops.
+  Gather + MatMul + Add + Softmax. Serving evaluates that graph with numpy from its own initializers
+  (``router.linear_head``: no onnxruntime call per request; a graph of another shape still runs in
+  onnxruntime, one call per text). Matches scikit-learn to ~1e-12 (tests pin 1e-10) and the
+  onnxruntime head to ~1e-15; the n-grams are counted in numpy instead of onnxruntime's string ops, a
+  micro-batch in one pass (``transform_many``), and its OOD language model in one pass too.
 * ``tfidf_linear`` (bundles written before): one ONNX graph (TF-IDF + logistic regression), input
   ``text`` string (N, 1), output ``probabilities`` (N, C); still loaded and served. Run one row per
   call: onnxruntime's string tokenizer pads a batch with a filler token that char n-grams can see.
@@ -35,6 +38,7 @@ import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from router.errors import ArtifactError
+from router.linear_head import SparseLinearHead, softmax_row
 from router.ood import OOD_FEATURES, CharLanguageModel, combine_row, has_content, prepare_text
 from router.tfidf import TfidfVocabulary
 from router.types import FloatArray
@@ -138,7 +142,7 @@ class CategoryClassifier:
 
     def __init__(self, session: ort.InferenceSession, taxonomy: Sequence[str], info: ClassifierInfo | None = None,
                  lm: CharLanguageModel | None = None, encoder: object | None = None,
-                 vocabulary: TfidfVocabulary | None = None) -> None:
+                 vocabulary: TfidfVocabulary | None = None, head: SparseLinearHead | None = None) -> None:
         self.session = session
         self.taxonomy = tuple(taxonomy)
         self.info = info
@@ -166,6 +170,12 @@ class CategoryClassifier:
                                 f"{[i.name for i in session.get_inputs()]}; a tfidf_sparse_linear head reads "
                                 "['indices', 'values']")
         self._empty_row = {"indices": np.zeros(1, dtype=np.int64), "values": np.zeros(1, dtype=np.float64)}
+        if head is not None and (not self._sparse or vocabulary is None or head.n_features != vocabulary.n_features
+                                 or head.bias.size != len(self.taxonomy)):
+            raise ArtifactError(f"the sparse head ({head.n_features} features, {head.bias.size} classes) does not fit "
+                                f"this classifier ({vocabulary.n_features if vocabulary else 0} TF-IDF features, "
+                                f"{len(self.taxonomy)} categories)")
+        self.head = head  # numpy evaluation of the sparse head graph (router.linear_head); None: onnxruntime
 
     @classmethod
     def from_files(cls, bundle_dir: str | Path, info: ClassifierInfo, *, threads: int = 1) -> CategoryClassifier:
@@ -200,7 +210,14 @@ class CategoryClassifier:
 
             encoder = SentenceEncoder(files[info.encoder.model_file], files[info.encoder.tokenizer_file],
                                       max_length=info.encoder.max_length, threads=threads)
-        return cls(make_session(files[info.model_file], threads=threads), info.taxonomy, info, lm, encoder, vocabulary)
+        session = make_session(files[info.model_file], threads=threads)
+        head = None
+        if vocabulary is not None:
+            head = SparseLinearHead.from_onnx(files[info.model_file])
+            if head is not None and head.n_features != vocabulary.n_features:
+                raise ArtifactError(f"{info.model_file} has {head.n_features} feature rows; {info.vocab_file} has "
+                                    f"{vocabulary.n_features} n-grams")
+        return cls(session, info.taxonomy, info, lm, encoder, vocabulary, head)
 
     @property
     def row_separable(self) -> bool:
@@ -215,7 +232,12 @@ class CategoryClassifier:
 
     def predict(self, texts: Sequence[str]) -> ClassifierOutput:
         prepared = [prepare_text(t, self.max_chars) for t in texts]
-        rows = [self._finish(t, raw) for t, raw in zip(prepared, self._raw_rows(prepared))]
+        raw_rows = self._raw_rows(prepared)
+        if self.info is not None and self.lm is not None and len(prepared) > 1:  # one numpy pass for the batch
+            nlls = self.lm.mean_nll_many([t if has_content(t) else "" for t in prepared])
+            rows = [self._finish(t, raw, nll) for t, raw, nll in zip(prepared, raw_rows, nlls)]
+        else:
+            rows = [self._finish(t, raw) for t, raw in zip(prepared, raw_rows)]
         probs = np.array([r[0] for r in rows], dtype=np.float32).reshape(len(prepared), len(self.taxonomy))
         return ClassifierOutput(probs, np.array([r[1] for r in rows], dtype=np.float64),
                                 np.array([r[2] for r in rows], dtype=bool))
@@ -227,15 +249,16 @@ class CategoryClassifier:
         probs, _, flag = self._finish(t, self._raw_rows([t])[0])
         return probs, flag
 
-    def _finish(self, text: str, raw: list[float]) -> tuple[list[float], float, bool]:
-        """Calibration and OOD score of one prepared text (per row in plain Python: a handful of numbers)."""
+    def _finish(self, text: str, raw: list[float], nll: float | None = None) -> tuple[list[float], float, bool]:
+        """Calibration and OOD score of one prepared text (per row in plain Python: a handful of numbers);
+        ``nll``: ``lm.mean_nll(text)`` when the caller computed it for a whole batch."""
         if self.info is None or self.lm is None:
             empty = not has_content(text)
             return array("f", raw).tolist(), float(empty), empty
         probs = array("f", temperature_row(raw, self.info.temperature)).tolist()  # float32, as numpy casts
         if not has_content(text):  # no letter or digit at all: OOD by rule
             return probs, 1.0, True
-        score = combine_row((self.lm.mean_nll(text), self.lm.oov_rate(text)), self._quantiles)
+        score = combine_row((self.lm.mean_nll(text) if nll is None else nll, self.lm.oov_rate(text)), self._quantiles)
         return probs, score, score >= self.info.ood.threshold
 
     def predict_proba(self, texts: Sequence[str]) -> FloatArray:
@@ -251,6 +274,11 @@ class CategoryClassifier:
         n = len(prepared)
         if n == 0:
             return []
+        if self._sparse and self.head is not None:
+            assert self.vocabulary is not None
+            if n == 1:
+                return [softmax_row(self.head.logits_row(*self.vocabulary.transform(prepared[0])))]
+            return self.head.probabilities(self.vocabulary.transform_many(prepared))
         if self._sparse:
             assert self.vocabulary is not None
             rows = []

@@ -13,9 +13,14 @@ them to scikit-learn's own ``build_analyzer()`` output).
 classifier graph reads. Character n-grams are looked up without building their strings: the K characters
 of the vocabulary map to ids 1..K, every other character to K + 1, an n-gram is the base-(K + 2) number
 of its ids -- digits are never 0, so n-grams of different lengths fall in disjoint key ranges, and one
-with an unknown character never equals a vocabulary key -- and a sorted key table is searched with
-numpy. A vocabulary with more than 65,000 distinct characters (4-gram keys past 64 bits) takes the
-plain string path, with the same result.
+with an unknown character never equals a vocabulary key -- and looked up in a cuckoo hash table
+(``CuckooTable``) with numpy. A vocabulary with more than 65,000 distinct characters (4-gram keys past
+64 bits) takes the plain string path, with the same result.
+
+``transform_many(texts)`` -> ``SparseRows`` (CSR) does a micro-batch in one pass of numpy calls (texts
+joined by a character outside the alphabet, so no n-gram spans two of them); row ``s`` has the very
+floats ``transform(texts[s])`` gives (every reduction runs per row), so ``Router.decide_batch`` equals
+``Router.decide``.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -145,6 +150,27 @@ class CuckooTable:
         slot = np.where(self._keys[h1] == keys, h1, (keys * self._m2) >> self._shift)
         return self._values[slot[self._keys[slot] == keys]].astype(np.int64)
 
+    def hits(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in ``keys`` of the keys present, their values int64), in the order of ``keys``."""
+        h1 = (keys * self._m1) >> self._shift
+        slot = np.where(self._keys[h1] == keys, h1, (keys * self._m2) >> self._shift)
+        pos = np.flatnonzero(self._keys[slot] == keys)
+        return pos, self._values[slot[pos]].astype(np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class SparseRows:
+    """TF-IDF rows in CSR form: row ``s`` holds ``indices[indptr[s]:indptr[s + 1]]`` (ascending) and
+    their ``values``."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: FloatArray
+
+    def row(self, s: int) -> tuple[np.ndarray, FloatArray]:
+        a, b = int(self.indptr[s]), int(self.indptr[s + 1])
+        return self.indices[a:b], self.values[a:b]
+
 
 class TfidfVocabulary:
     """The fitted vocabularies and idf weights of both blocks; maps a prepared text to its tf-idf vector.
@@ -168,62 +194,144 @@ class TfidfVocabulary:
         self.idf = np.concatenate([np.asarray(word_idf, dtype=np.float64), np.asarray(char_idf, dtype=np.float64)])
         self._ids = CharIds("".join(self.chars))
         self._fast = self._ids.base <= _MAX_KEY_BASE and all(CHAR_MIN <= len(c) <= CHAR_MAX for c in self.chars)
+        # joins a batch's texts: any character outside the alphabet and not whitespace (never in a key)
+        self._sep = next((c for c in map(chr, range(9)) if c not in self._ids.index), None)
         if self._fast:
             self._table = CuckooTable([self._ids.key(c) for c in self.chars], range(self.n_words, self.n_features))
 
     def transform(self, text: str) -> tuple[np.ndarray, FloatArray]:
-        """(indices int64 (L,), values float64 (L,)) of the L non-zero features, indices ascending.
+        """(indices int64 (L,), values float64 (L,)) of the L non-zero features, indices ascending:
+        row 0 of ``transform_many([text])``, bit for bit."""
+        if not (self._fast and self._sep is not None):
+            return self._transform_dicts(text)
+        found = self._word_features(text)
+        keys = self._table.lookup(self._char_keys(self._ids.ids(_WHITE_SPACES.sub(" ", text))))
+        if found:
+            keys = np.concatenate([np.array(found, dtype=np.int64), keys])
+        if keys.size == 0:
+            return keys, np.zeros(0)
+        keys.sort()
+        first = np.empty(keys.size, dtype=bool)
+        first[0] = True
+        np.not_equal(keys[1:], keys[:-1], out=first[1:])
+        starts = np.flatnonzero(first)
+        idx = keys[starts]
+        return idx, self._tfidf(idx, np.concatenate((starts[1:], [keys.size])) - starts)
 
-        Counted with numpy (``_transform_numpy``), or with dicts when the alphabet is too large for
-        64-bit keys; both give the same indices and the same floats (``_tfidf``), a unit test pins it."""
-        return self._transform_numpy(text) if self._fast else self._transform_dicts(text)
+    def transform_many(self, texts: Sequence[str]) -> SparseRows:
+        """The TF-IDF rows of ``texts`` as one CSR matrix; row ``s`` does not depend on the other texts
+        (same floats as ``transform(texts[s])``: every reduction runs per row, see ``_rows``).
 
-    def _transform_dicts(self, text: str) -> tuple[np.ndarray, FloatArray]:
-        get = self._word_index.get
-        tokens = WORD_TOKEN.findall(text)
-        counts = Counter(map(get, tokens))
-        counts.update(map(get, map(" ".join, zip(tokens, tokens[1:]))))
-        counts.update(map(self._char_index.get, char_ngrams(text)))
-        counts.pop(None, None)
-        idx = sorted(counts)
-        return self._tfidf(np.array(idx, dtype=np.int64), np.array([counts[i] for i in idx], dtype=np.int64))
+        Counted with numpy over all texts at once (``_keys_numpy``: the texts joined by a character outside
+        the vocabulary's alphabet, so no n-gram spans two texts), or with dicts when the alphabet is too
+        large for 64-bit keys (``_keys_dicts``); both give the same indices and floats (a unit test pins it)."""
+        texts = list(texts)
+        if not texts:
+            return SparseRows(np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0))
+        keys = self._keys_numpy(texts) if self._fast and self._sep is not None else self._keys_dicts(texts)
+        return self._rows(keys, len(texts))
 
     def _transform_numpy(self, text: str) -> tuple[np.ndarray, FloatArray]:
+        return self._rows(self._keys_numpy([text]), 1).row(0)
+
+    def _transform_dicts(self, text: str) -> tuple[np.ndarray, FloatArray]:
+        return self._rows(self._keys_dicts([text]), 1).row(0)
+
+    def _word_features(self, text: str) -> list[int]:
+        """Feature indices of the vocabulary's word 1- and 2-grams in ``text`` (with repeats)."""
         get = self._word_index.get
         tokens = WORD_TOKEN.findall(text)
-        found = [i for i in map(get, tokens) if i is not None]
-        found += [i for i in map(get, map(" ".join, zip(tokens, tokens[1:]))) if i is not None]
-        feats = self._char_features(text)
-        if found:
-            feats = np.concatenate([np.array(found, dtype=np.int64), feats])
-        if feats.size == 0:
-            return self._tfidf(feats, feats)
-        feats.sort()
-        first = np.empty(feats.size, dtype=bool)
-        first[0] = True
-        np.not_equal(feats[1:], feats[:-1], out=first[1:])
-        starts = np.flatnonzero(first)
-        return self._tfidf(feats[starts], np.concatenate((starts[1:], [feats.size])) - starts)
+        grams = tokens + list(map(" ".join, zip(tokens, tokens[1:])))
+        return [i for i in map(get, grams) if i is not None]
 
-    def _tfidf(self, idx: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, FloatArray]:
-        """count * idf per feature, each block divided by its L2 norm (one function for both counting
-        paths, so they give the same floats)."""
-        values = counts * self.idf[idx]
-        k = int(idx.searchsorted(self.n_words))
-        for block in (values[:k], values[k:]):
-            norm = math.sqrt(float(np.dot(block, block)))
-            if norm > 0.0:
-                block /= norm
-        return idx, values
+    def _keys_numpy(self, texts: list[str]) -> np.ndarray:
+        """Row-tagged feature occurrences ``row * n_features + feature`` (unsorted, with repeats)."""
+        n_rows, n_feat = len(texts), self.n_features
+        word_feats: list[int] = []
+        word_counts: list[int] = []
+        for text in texts:
+            found = self._word_features(text)
+            word_feats += found
+            word_counts.append(len(found))
+        subbed = [_WHITE_SPACES.sub(" ", t) for t in texts]
+        joined = self._sep.join(subbed) if n_rows > 1 else subbed[0]  # type: ignore[union-attr]
+        ids, (pos, feats) = self._char_hits(joined)
+        words = np.array(word_feats, dtype=np.int64)
+        if n_rows == 1:
+            return np.concatenate([words, feats]) if word_feats else feats
+        # char position of each key -> its row (the separator belongs to no n-gram the table holds)
+        n = ids.size
+        lengths = np.array([len(t) for t in subbed], dtype=np.int64)
+        char_row = np.repeat(np.arange(n_rows, dtype=np.int64), lengths + 1)[:n]
+        key_row = np.concatenate([char_row[:max(n - 1, 0)], char_row[:max(n - 2, 0)], char_row[:max(n - 3, 0)]])
+        word_row = np.repeat(np.arange(n_rows, dtype=np.int64), word_counts)
+        return np.concatenate([word_row * n_feat + words, key_row[pos] * n_feat + feats])
 
-    def _char_features(self, text: str) -> np.ndarray:
-        """Feature indices of the vocabulary's character n-grams in ``text`` (with repeats)."""
-        ids = self._ids.ids(_WHITE_SPACES.sub(" ", text))
+    def _char_hits(self, text: str) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """(char ids of ``text``, (positions in [2-gram keys | 3-gram keys | 4-gram keys] of the
+        vocabulary's character n-grams, their feature indices))."""
+        ids = self._ids.ids(text)
+        return ids, self._table.hits(self._char_keys(ids))
+
+    def _char_keys(self, ids: np.ndarray) -> np.ndarray:
+        """[2-gram keys | 3-gram keys | 4-gram keys] of a text's char ids."""
         base = self._ids.base
         k2 = ids[:-1] * base + ids[1:]
         k3 = k2[:-1] * base + ids[2:]
-        keys = np.concatenate([k2, k3, k3[:-1] * base + ids[3:]])
-        return self._table.lookup(keys)
+        return np.concatenate([k2, k3, k3[:-1] * base + ids[3:]])
+
+    def _keys_dicts(self, texts: list[str]) -> np.ndarray:
+        out: list[int] = []
+        get = self._char_index.get
+        for row, text in enumerate(texts):
+            found = self._word_features(text) + [i for i in map(get, char_ngrams(text)) if i is not None]
+            offset = row * self.n_features
+            out += [offset + i for i in found]
+        return np.array(out, dtype=np.int64)
+
+    def _rows(self, keys: np.ndarray, n_rows: int) -> SparseRows:
+        """Row-tagged occurrences -> CSR rows of count * idf, each (row, block) divided by its L2 norm."""
+        if keys.size == 0:
+            return SparseRows(np.zeros(n_rows + 1, dtype=np.int64), keys, np.zeros(0))
+        keys = np.sort(keys)
+        first = np.empty(keys.size, dtype=bool)
+        first[0] = True
+        np.not_equal(keys[1:], keys[:-1], out=first[1:])
+        starts = np.flatnonzero(first)
+        counts = np.concatenate((starts[1:], [keys.size])) - starts
+        if n_rows == 1:
+            idx = keys[starts]
+            return SparseRows(np.array([0, idx.size], dtype=np.int64), idx, self._tfidf(idx, counts))
+        rows, idx = np.divmod(keys[starts], self.n_features)
+        values = counts * self.idf[idx]
+        block = rows * 2 + (idx >= self.n_words)
+        bfirst = np.empty(block.size, dtype=bool)
+        bfirst[0] = True
+        np.not_equal(block[1:], block[:-1], out=bfirst[1:])
+        bstarts = np.flatnonzero(bfirst)
+        norms = np.sqrt(np.add.reduceat(values * values, bstarts))
+        norms[~(norms > 0.0)] = 1.0  # x / 1.0 == x: what _tfidf does by skipping such a block
+        values /= np.repeat(norms, np.concatenate((bstarts[1:], [block.size])) - bstarts)
+        indptr = np.searchsorted(rows, np.arange(n_rows + 1, dtype=np.int64))
+        return SparseRows(indptr, idx, values)
+
+    def _tfidf(self, idx: np.ndarray, counts: np.ndarray) -> FloatArray:
+        """One row: count * idf per feature, each block divided by its L2 norm. The sums of squares use
+        ``np.add.reduceat`` as the many-row path does (its result for a segment depends on that segment's
+        numbers only), so a row has the same floats alone or in a batch."""
+        values = counts * self.idf[idx]
+        k = int(idx.searchsorted(self.n_words))
+        if 0 < k < idx.size:
+            wn, cn = np.sqrt(np.add.reduceat(values * values, [0, k])).tolist()
+            if wn > 0.0:
+                values[:k] /= wn
+            if cn > 0.0:
+                values[k:] /= cn
+        else:
+            (norm,) = np.sqrt(np.add.reduceat(values * values, [0])).tolist()
+            if norm > 0.0:
+                values /= norm
+        return values
 
     def to_json(self) -> bytes:
         data = {"analyzer": ANALYZER, "words": list(self.words), "word_idf": self.idf[:self.n_words].tolist(),

@@ -1,4 +1,5 @@
-"""router.classifier + router.ood: calibrated probabilities, the OOD guard, and inputs that must never raise."""
+"""router.classifier + router.ood: calibrated probabilities, the OOD guard, and inputs that must never raise;
+the sparse head evaluated with numpy (router.linear_head) equals its ONNX graph."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 
 from router.classifier import CategoryClassifier, ClassifierInfo, apply_temperature
 from router.errors import ArtifactError
+from router.linear_head import SparseLinearHead
+from router.onnx_session import make_session
 from router.ood import CharLanguageModel, combine, prepare_text
 from training.classifier import FittedClassifier, expected_calibration_error, fit_category_model, fit_temperature
 from training.prompts import CATEGORIES, generate_prompt
@@ -203,3 +206,88 @@ def test_encoder_head_c_is_chosen_by_leave_one_source_out() -> None:
     weighted = EncoderHeadTrainer(cats, c=sel["c"]).fit(emb, labels, skew).predict_proba(emb)
     plain = EncoderHeadTrainer(cats, c=sel["c"]).fit(emb, labels).predict_proba(emb)
     assert not np.allclose(weighted, plain)
+
+
+# ------------------------------------------------------------------------------------------------
+# the sparse head evaluated with numpy (router.linear_head) from classifier.onnx's own weights
+
+ODD = ["", " ", "x", "ab", "\ud800", "😀 x", "a  b \t\t c", "\x00abc\x01 def", "日本語に翻訳してください",
+       "café crème, s'il vous plaît", "def f(x):\n    return x**2  # ünïcödé", "x" * 40_000]
+
+
+def _probe(corpus: tuple[list[str], list[str]]) -> list[str]:
+    return corpus[0][::4] + ODD
+
+
+def test_head_is_read_from_the_onnx_file_and_equals_onnxruntime(fitted: FittedClassifier,
+                                                                 corpus: tuple[list[str], list[str]]) -> None:
+    clf = fitted.load()
+    assert clf.head is not None and clf.vocabulary is not None
+    session = make_session(fitted.files[fitted.info.model_file])
+    for text in _probe(corpus):
+        idx, val = clf.vocabulary.transform(prepare_text(text, clf.max_chars))
+        feed = {"indices": idx, "values": val} if idx.size else clf._empty_row
+        (expected,) = session.run(["probabilities"], feed)
+        got = clf._raw_rows([prepare_text(text, clf.max_chars)])[0]
+        np.testing.assert_allclose(got, expected[0], rtol=0, atol=1e-12)
+
+
+def test_numpy_head_gives_the_served_numbers_of_the_onnxruntime_head(fitted: FittedClassifier,
+                                                                     corpus: tuple[list[str], list[str]]) -> None:
+    """Calibrated float32 probabilities and OOD flags (what decisions read) are identical with either head."""
+    fast = fitted.load()
+    reference = CategoryClassifier(fast.session, fast.taxonomy, fast.info, fast.lm, None, fast.vocabulary)
+    assert reference.head is None
+    probe = _probe(corpus)
+    a, b = fast.predict(probe), reference.predict(probe)
+    assert a.probs.tobytes() == b.probs.tobytes()
+    assert a.is_ood.tolist() == b.is_ood.tolist() and a.ood_score.tolist() == b.ood_score.tolist()
+
+
+def test_a_batch_equals_its_rows_one_at_a_time(fitted: FittedClassifier, corpus: tuple[list[str], list[str]]) -> None:
+    clf = fitted.load()
+    assert clf.head is not None and clf.vocabulary is not None
+    prepared = [prepare_text(t, clf.max_chars) for t in _probe(corpus)]
+    rows = clf.vocabulary.transform_many(prepared)
+    logits = clf.head.logits(rows)
+    for s, text in enumerate(prepared):
+        idx, val = clf.vocabulary.transform(text)
+        got_idx, got_val = rows.row(s)
+        assert idx.tolist() == got_idx.tolist() and val.tobytes() == got_val.tobytes()
+        assert clf.head.logits_row(idx, val) == logits[s]
+        d_idx, d_val = clf.vocabulary._transform_dicts(text)  # the plain string path: same result
+        assert d_idx.tolist() == idx.tolist() and d_val.tobytes() == val.tobytes()
+    plain = clf.vocabulary._rows(clf.vocabulary._keys_dicts(prepared), len(prepared))  # many rows, string path
+    assert plain.indptr.tolist() == rows.indptr.tolist() and plain.indices.tolist() == rows.indices.tolist()
+    assert plain.values.tobytes() == rows.values.tobytes()
+    assert clf.vocabulary.transform_many([]).indptr.tolist() == [0]
+
+
+def test_another_graph_keeps_onnxruntime_and_a_misfit_head_is_refused(fitted: FittedClassifier) -> None:
+    import onnx
+
+    model = onnx.load_from_string(fitted.files[fitted.info.model_file])
+    model.graph.node[3].op_type = "Sub"  # not the sparse head's graph any more
+    assert SparseLinearHead.from_onnx(model.SerializeToString()) is None
+    assert SparseLinearHead.from_onnx(b"not onnx") is None
+    files = {**fitted.files, fitted.info.model_file: model.SerializeToString()}
+    other = CategoryClassifier.from_bytes(files, fitted.info)
+    assert other.head is None  # served by onnxruntime as before
+    clf = fitted.load()
+    assert clf.head is not None
+    small = SparseLinearHead(clf.head.weights[:-1], clf.head.bias)
+    with pytest.raises(ArtifactError, match="TF-IDF features"):
+        CategoryClassifier(clf.session, clf.taxonomy, clf.info, clf.lm, None, clf.vocabulary, small)
+
+
+def test_non_finite_weights_give_a_non_finite_row_not_an_exception(fitted: FittedClassifier) -> None:
+    clf = fitted.load()
+    assert clf.head is not None
+    weights = clf.head.weights.copy()
+    weights[:] = np.nan
+    broken = CategoryClassifier(clf.session, clf.taxonomy, clf.info, clf.lm, None, clf.vocabulary,
+                                SparseLinearHead(weights, clf.head.bias))
+    probs, _ = broken.predict_row("how do I sort a list in python?")
+    assert not all(np.isfinite(probs))  # the router counts it and falls back
+    out = broken.predict(["how do I sort a list in python?", "solve 2x + 3 = 7 for x"])  # the batch path too
+    assert not np.isfinite(out.probs).any()

@@ -45,6 +45,13 @@ def test_classifier_onnx_matches_sklearn(corpus: tuple[list[str], list[str]]) ->
 
     rows = np.array(onnx._raw_rows([prepare_text(t, trainer.max_chars) for t in probe]))
     np.testing.assert_allclose(rows, native, atol=1e-10)
+    # the same head evaluated with numpy from the graph's own weights (router.linear_head, what serving runs)
+    from router.linear_head import SparseLinearHead
+
+    head = SparseLinearHead.from_onnx(trainer.to_onnx())
+    assert head is not None
+    fast = head.probabilities(vocabulary.transform_many([prepare_text(t, trainer.max_chars) for t in probe]))
+    np.testing.assert_allclose(np.array(fast), native, atol=1e-10)
 
 
 def test_binary_taxonomy_head_matches_sklearn() -> None:

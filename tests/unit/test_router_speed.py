@@ -201,6 +201,9 @@ def test_char_lm_numpy_lookup_equals_the_loop(bundle: Bundle) -> None:
         if t:
             padded = "  " + t[:lm.max_chars]
             assert lm._tables.total_logprob(padded) == lm._loop_logprob(padded)  # type: ignore[union-attr]
+    # a micro-batch in one numpy pass (cuckoo-hash lookup, per-text sums): the same floats
+    assert lm.mean_nll_many(texts) == [_nll_loop(lm, t) for t in texts]
+    assert lm.mean_nll_many([]) == []
 
 
 def _featurize_reference(text: str, probs: np.ndarray, n_turns: int) -> np.ndarray:
