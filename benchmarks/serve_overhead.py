@@ -19,7 +19,15 @@ Targets (issue 7): added p50 <= 1 ms, gateway throughput >= 90% of passthrough.
 ``--profile S`` additionally samples the gateway replica with py-spy during S seconds of gateway-only
 load and prints where its time goes (top functions by own samples, and the decision's share).
 
-    python benchmarks/serve_overhead.py [--quick] [--profile 10]  ->  benchmarks/results/serve_overhead[_quick].{json,png}
+CPU per request: around every measured round the CPU time (user + system, ``/proc``) of this process
+and of the Ray cluster it started is read per role (gateway ingress, passthrough ingress, model
+replicas, HTTP proxy, other Ray processes, the load generator), so the JSON's ``cpu`` block prices
+each app in CPU ms per request -- steadier than wall time on a box that other work shares.
+``--decide-in-thread`` runs the gateway with ``gateway.decide_in_thread: true`` (``Router.decide`` on a
+decide thread whenever other requests are in flight; see ``serving.gateway``).
+
+    python benchmarks/serve_overhead.py [--quick] [--profile 10] [--decide-in-thread]
+        ->  benchmarks/results/serve_overhead[_quick].{json,png}
 """
 
 from __future__ import annotations
@@ -59,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--ingress-replicas", type=int, default=2,
                     help="replicas of the gateway and, equally, of the passthrough ingress")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--decide-in-thread", action="store_true",
+                    help="the gateway runs Router.decide on its decide thread (gateway.decide_in_thread)")
     args = ap.parse_args(argv)
     if args.quick:
         args.requests, args.rounds, args.warmup = 400, 4, 50
@@ -73,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     world = load_world(CONFIGS / "world.yaml")
     work = Path(tempfile.mkdtemp(prefix="turnout-overhead-"))
     ray_tmp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
-    cfg = _config(work, args.train_requests, args.ingress_replicas)
+    cfg = _config(work, args.train_requests, args.ingress_replicas, args.decide_in_thread)
     try:
         with console.status(f"building a bundle from {args.train_requests} simulated requests"):
             launcher.ensure_bundle(cfg, step=lambda _: None)
@@ -97,13 +107,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, bs in (("gateway", bodies), ("passthrough", pbodies)):
                 asyncio.run(_load(targets[name], bs[: args.warmup], args.concurrency))
         runs: dict[str, list[dict[str, Any]]] = {"gateway": [], "passthrough": []}
+        cpu: dict[str, Counter[str]] = {"gateway": Counter(), "passthrough": Counter()}
         blocks = np.array_split(np.arange(args.warmup, n_prompts), args.rounds)
         with console.status(f"{args.rounds} alternating rounds x {args.requests // args.rounds} requests per app"):
             for r, idx in enumerate(blocks):
                 order = ("gateway", "passthrough") if r % 2 == 0 else ("passthrough", "gateway")
                 for name in order:
                     bs = bodies if name == "gateway" else pbodies
+                    before = _cpu_by_role()
                     runs[name].append(asyncio.run(_load(targets[name], [bs[i] for i in idx], args.concurrency)))
+                    cpu[name].update(_cpu_by_role() - before)
         serial: dict[str, list[dict[str, Any]]] = {"gateway": [], "passthrough": []}
         if args.serial:
             with console.status(f"concurrency 1: {args.serial} requests per app, 2 alternating rounds"):
@@ -118,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
     result = _report(runs, args)
+    result["cpu"] = _report_cpu(cpu, runs)
     if args.serial:
         result["concurrency_1"] = _report_serial(serial)
     result.update(benchmark="serve_overhead", quick=args.quick, profile=profile,
@@ -127,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "gateway": cfg.gateway.model_dump(), "deployments": cfg.models.model_dump(),
                             "passthrough_models": ("per request, the model the same bundle chooses for that "
                                                    "prompt in process (same model mix as the gateway)"),
-                            "cache": "every prompt carries a unique tag, so no cache hits"},
+                            "cache": "every prompt carries a unique tag, so no cache hits",
+                            "decide_in_thread": args.decide_in_thread},
                   environment=environment(), wall_s=round(time.perf_counter() - t_start, 1))
     result["plot"] = _plot(runs, args.quick)
     path = write_json("serve_overhead", result, quick=args.quick)
@@ -135,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _config(work: Path, train_requests: int, ingress_replicas: int = 1) -> Any:
+def _config(work: Path, train_requests: int, ingress_replicas: int = 1, decide_in_thread: bool = False) -> Any:
     """The benchmark's ServeConfig: a fresh bundle dir, simulated backends with the smallest time scale."""
     from pydantic import ValidationError
 
@@ -146,7 +161,8 @@ def _config(work: Path, train_requests: int, ingress_replicas: int = 1) -> Any:
         "port": free_port(), "bundle": str(work / "bundle"), "log_dir": str(work / "logs"), "base_dir": str(work),
         "build_if_missing": {"world": str(CONFIGS / "world.yaml"), "requests": train_requests},
         "models": {"num_replicas": 1, "num_cpus": 0.1, "max_ongoing_requests": 64},
-        "gateway": {"num_replicas": ingress_replicas, "num_cpus": 0.2, "max_ongoing_requests": 128},
+        "gateway": {"num_replicas": ingress_replicas, "num_cpus": 0.2, "max_ongoing_requests": 128,
+                    "decide_in_thread": decide_in_thread},
     }
     for scale in (0.0, 1e-6):  # zero think time if the config allows it, else a microsecond per simulated second
         try:
@@ -260,6 +276,73 @@ def _gateway_pid() -> int | None:
             found = pid
         todo.extend(children.get(pid, []))
     return found
+
+
+ROLES = (("ServeReplica:turnout:Gateway", "gateway ingress replicas"),
+         ("ServeReplica:passthrough:Passthrough", "passthrough ingress replicas"),
+         ("ServeReplica:turnout:LLM_", "model replicas"),
+         ("ProxyActor", "HTTP proxy"),
+         ("", "other Ray processes (controller, raylet, GCS, idle workers)"))
+CLIENT_ROLE = "load generator (this process: httpx clients + Ray driver)"
+
+
+def _cpu_by_role() -> Counter[str]:
+    """CPU seconds (user + system, from /proc) used so far by this process and its descendants (the
+    Ray cluster it started), summed by role. Differences over a round price each app per request in
+    CPU rather than in wall time, which the other work on a shared box distorts much more."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    stat: dict[int, list[str]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            stat[int(d.name)] = fields
+            children.setdefault(int(fields[1]), []).append(int(d.name))
+    out: Counter[str] = Counter()
+    me = os.getpid()
+    todo = [me]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        fields = stat.get(pid)
+        if fields is None:
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime + stime (fields 14, 15 of stat)
+        if pid == me:
+            out[CLIENT_ROLE] += seconds
+            continue
+        try:
+            cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            cmd = ""
+        out[next(name for marker, name in ROLES if marker in cmd)] += seconds
+    return out
+
+
+def _report_cpu(cpu: dict[str, Counter[str]], runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """CPU ms per request by role while each app was loaded (rounds alternate, so background work of the
+    cluster lands on both alike). The ingress rows are the cleanest comparison: the gateway's own work
+    (decision, cache, log, metrics) on top of what the passthrough ingress does."""
+    n = {k: sum(b["latency_ms"].size for b in v) for k, v in runs.items()}
+    roles = [name for _, name in ROLES] + [CLIENT_ROLE]
+    per = {app: {role: 1000.0 * cpu[app][role] / max(n[app], 1) for role in roles} for app in cpu}
+    ingress = {"gateway": per["gateway"]["gateway ingress replicas"],
+               "passthrough": per["passthrough"]["passthrough ingress replicas"]}
+    total = {app: sum(per[app].values()) for app in per}
+    rows = [[role, per["gateway"][role], per["passthrough"][role]] for role in roles]
+    rows.append(["all of the above", total["gateway"], total["passthrough"]])
+    table("CPU ms per request while each app was loaded (user + system, /proc; this cluster's processes only)",
+          ["process role", "gateway run", "passthrough run"], rows,
+          caption=f"ingress CPU per request: gateway {ingress['gateway']:.2f} ms vs passthrough "
+                  f"{ingress['passthrough']:.2f} ms (+{ingress['gateway'] - ingress['passthrough']:.2f} ms); "
+                  f"all processes: ratio {total['gateway'] / max(total['passthrough'], 1e-9):.2f}")
+    return {"ms_per_request": per, "ingress_ms_per_request": ingress,
+            "ingress_added_ms_per_request": ingress["gateway"] - ingress["passthrough"],
+            "total_ms_per_request": total,
+            "total_ratio": total["gateway"] / max(total["passthrough"], 1e-9)}
 
 
 MARKERS = {

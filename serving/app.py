@@ -10,6 +10,7 @@ ingress methods, which Serve rewrites (a string annotation is resolved as a quer
 """
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -37,6 +38,7 @@ from serving.tenants import TenantDirectory
 
 api = FastAPI(title="turnout gateway", description="OpenAI-compatible chat completions with learned routing")
 QUIET_LOGS = {"enable_access_log": False, "log_level": "WARNING"}
+METRICS_FLUSH_S = 1.0  # per-request counters reach Ray at most this late (serving.metrics)
 _LOG = logging.getLogger("ray.serve")
 
 
@@ -198,11 +200,16 @@ class Gateway:
         self.core = GatewayCore(routers, self.log, self._call_model, stream_model=self._stream_model, arms=arms,
                                 assign_by=cfg.experiment.assign_by if cfg.experiment else "user",
                                 preference=cfg.preference, seed=cfg.gateway.seed, tenants=tenants,
-                                failover=cfg.failover, metrics=GatewayMetrics(), capacity=capacity,
-                                build_router=self._build_router, feedback_dir=cfg.path(cfg.log_dir),
-                                overload=build_overload_guard(cfg, models, _LOG))
+                                failover=cfg.failover, metrics=GatewayMetrics(flush_s=METRICS_FLUSH_S),
+                                capacity=capacity, build_router=self._build_router, feedback_dir=cfg.path(cfg.log_dir),
+                                overload=build_overload_guard(cfg, models, _LOG),
+                                decide_in_thread=cfg.gateway.decide_in_thread)
         self.core.deployed_models = set(models)
         self._tasks: "list[asyncio.Task[None]]" = []
+        # the bundle, ONNX sessions and libraries loaded above live as long as the replica: keep them out of
+        # every later garbage collection (a full collection would walk them again and again)
+        gc.collect()
+        gc.freeze()
 
     def _build_router(self, bundle: Any) -> Router:
         """The one place a Router is built (startup and hot reload)."""
@@ -218,9 +225,9 @@ class Gateway:
 
     async def _call_model(self, model: str, body: dict[str, Any], category: str) -> ModelReply:
         try:
-            return await asyncio.wait_for(self.handles[model].remote(body, category),
-                                          timeout=self.cfg.gateway.request_timeout_s)
-        except asyncio.TimeoutError as e:
+            async with asyncio.timeout(self.cfg.gateway.request_timeout_s):  # a timer, not a task per call
+                return await self.handles[model].remote(body, category)
+        except TimeoutError as e:
             raise BackendError(f"{model} timed out after {self.cfg.gateway.request_timeout_s}s", status=504) from e
         except asyncio.CancelledError:
             raise
@@ -252,6 +259,7 @@ class Gateway:
     async def _flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.gateway.log_flush_s)
+            self.core.metrics.flush()  # counters summed since the last request-triggered flush
             await asyncio.to_thread(self.log.flush_if_due)
 
     async def _watch_bundles(self) -> None:
@@ -350,6 +358,7 @@ class Gateway:
 
     def __del__(self) -> None:
         """Graceful shutdown (Serve drains, then deletes the replica): nothing buffered is lost."""
+        self.core.metrics.flush()
         self.log.close()
 
 

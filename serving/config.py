@@ -55,6 +55,9 @@ class GatewayOptions(_Frozen):
     seed: int = 0
     reload_poll_s: float | None = Field(default=2.0, gt=0, description="bundle watcher period; null = off")
     graceful_shutdown_timeout_s: float = Field(default=20.0, gt=0)
+    decide_in_thread: bool = Field(default=False, description=(
+        "run Router.decide on one decide thread when other requests are in flight: lower p99 under "
+        "load, but up to ~14% less throughput on 2 cores (GIL contention); benchmarks/serve_overhead.py"))
 
 
 class ReplicaRouting(_Frozen):

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,6 +40,7 @@ from serving.decision_log import DecisionLogWriter
 from serving.experiments import Arm, assign_arm, assignment_key
 from serving.metrics import GatewayMetrics, NullMetrics
 from serving.overload import OVERLOAD_POLICY, OverloadGuard
+from serving.request_ids import new_request_id
 from serving.reload import BundleWatcher, verify_router
 from serving.resilience import CircuitBreaker, FailoverConfig, failover_order
 from serving.tenants import DEFAULT_TENANT, AuthError, TenantDirectory, retry_after_header
@@ -96,7 +98,8 @@ class GatewayCore:
                  tenants: TenantDirectory | None = None, failover: FailoverConfig | None = None,
                  metrics: GatewayMetrics | None = None, capacity: Mapping[str, float] | None = None,
                  build_router: Callable[[Bundle], Router] | None = None, feedback_dir: str | Path | None = None,
-                 overload: OverloadGuard | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 overload: OverloadGuard | None = None, clock: Callable[[], float] = time.monotonic,
+                 decide_in_thread: bool = False) -> None:
         self.routers: dict[str, Router] = dict(router) if isinstance(router, Mapping) else {arm: router}
         self.arms = tuple(arms) if arms else tuple(Arm(name=n, bundle=str(r.bundle.path)) for n, r in self.routers.items())
         if [a.name for a in self.arms] != list(self.routers):
@@ -119,6 +122,9 @@ class GatewayCore:
         self.breakers: dict[str, CircuitBreaker] = {}
         self.watchers = {a.name: BundleWatcher(a.bundle) for a in self.arms}
         self.deployed_models = set(self.router.config.model_names)
+        self._decide_pool = ThreadPoolExecutor(1, thread_name_prefix="decide") if decide_in_thread else None
+        self._decides_pending = 0  # decisions submitted to the decide thread and not finished
+        self._in_chat = 0  # chat() calls in progress
 
     # --- arms ------------------------------------------------------------------------------------------
 
@@ -185,7 +191,14 @@ class GatewayCore:
 
     async def chat(self, raw: bytes, *, tenant: str | None = None, headers: Mapping[str, str] | None = None,
                    preference_header: str | None = None) -> Reply:
-        headers = headers or {}
+        self._in_chat += 1
+        try:
+            return await self._chat(raw, tenant, headers or {}, preference_header)
+        finally:
+            self._in_chat -= 1
+
+    async def _chat(self, raw: bytes, tenant: str | None, headers: Mapping[str, str],
+                    preference_header: str | None) -> Reply:
         if tenant is None:
             admitted = self.admit(headers)
             if isinstance(admitted, Reply):
@@ -204,7 +217,11 @@ class GatewayCore:
             return error_reply(e.status, str(e), e.field)
         arm, unit = self.assign(tenant, headers.get("x-turnout-user"), body.get("user"))
         now = time.time()
-        call = _Call(request, self._decide(arm, request, pinned, now), arm, body, now, time.perf_counter(), unit)
+        if self._decide_pool is None or (not self._decides_pending and not self._busy()):
+            decision = self._decide(arm, request, pinned, now)  # nothing else to serve meanwhile: no thread hop
+        else:
+            decision = await self._decide_in_thread(arm, request, pinned, now, body, unit)
+        call = _Call(request, decision, arm, body, now, time.perf_counter(), unit)
         d = call.decision
         self.metrics.decision(model=d.model, category=d.category, arm=arm, policy=d.policy, tier=d.cache_tier,
                               hit=d.cache_hit is not None, decision_ms=d.decision_ms)
@@ -232,10 +249,46 @@ class GatewayCore:
         return self._answer(call, reply.result.text, reply, served)
 
     def _decide(self, arm: str, request: Request, pinned: str | None, now: float | None = None) -> Decision:
-        decision = self.routers[arm].decide(request, now_s=time.time() if now is None else now, rng=self.rng,
-                                            preference=request.preference or self.preference,
-                                            model_load=self.model_load() if self.capacity else None)
+        return self._decide_at(arm, request, pinned, time.time() if now is None else now,
+                               self.model_load() if self.capacity else None)
+
+    def _decide_at(self, arm: str, request: Request, pinned: str | None, now: float,
+                   model_load: Mapping[str, float] | None) -> Decision:
+        decision = self.routers[arm].decide(request, now_s=now, rng=self.rng,
+                                            preference=request.preference or self.preference, model_load=model_load)
         return pin(decision, pinned) if pinned else decision
+
+    async def _decide_in_thread(self, arm: str, request: Request, pinned: str | None, now: float,
+                                body: dict[str, Any], unit: str | None) -> Decision:
+        """``_decide`` on the one decide thread, so the event loop serves other requests meanwhile (the
+        sentence encoder and the ONNX calls release the GIL). One thread: decisions stay in arrival order
+        and ``self.rng`` is never shared. A client that goes away during the decision is still logged
+        (``error="cancelled"``) once the decision exists, like one that goes away during the model call."""
+        assert self._decide_pool is not None
+        load = self.model_load() if self.capacity else None  # read on the loop thread that updates it
+        fut = asyncio.get_running_loop().run_in_executor(self._decide_pool, self._decide_at, arm, request, pinned,
+                                                         now, load)
+        self._decides_pending += 1  # until the thread is done, even if this request is cancelled meanwhile
+        fut.add_done_callback(self._decide_done)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            def log_cancelled(done: asyncio.Future[Decision]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    decision = done.result()
+                    self._log(_Call(request, decision, arm, body, now, time.perf_counter(), unit), None,
+                              decision.model, error="cancelled")
+                    self.metrics.error("cancelled", decision.model)
+
+            fut.add_done_callback(log_cancelled)
+            raise
+
+    def _decide_done(self, _: asyncio.Future[Decision]) -> None:
+        self._decides_pending -= 1
+
+    def _busy(self) -> bool:
+        """Another request of this gateway is in progress (in ``chat`` or at a model)."""
+        return self._in_chat > 1 or any(self.inflight.values())
 
     def _shed_overload(self, call: _Call, pinned: bool) -> Reply | None:
         """Overload control (``serving.overload``): ``None`` to go ahead (``call.decision`` possibly moved
@@ -400,7 +453,8 @@ class GatewayCore:
                 self.inflight[model] += 1
                 try:
                     try:
-                        first = await asyncio.wait_for(agen.__anext__(), remaining)
+                        async with asyncio.timeout(remaining):  # a timer on this task: no extra task per call
+                            first = await agen.__anext__()
                     except TimeoutError:
                         err = BackendError(f"{model} did not answer within the {self.failover.deadline_s}s deadline",
                                            status=504)
@@ -464,7 +518,8 @@ class GatewayCore:
         if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
             raise RequestError(f"'max_tokens' must be a positive integer; got {max_tokens!r}", field="max_tokens")
         generation = {k: v for k, v in body.items() if k not in NOT_GENERATION_KEYS}
-        return (Request(messages=messages, tenant=tenant, user_id=user, max_tokens=max_tokens,
+        return (Request(messages=messages, request_id=new_request_id(), tenant=tenant, user_id=user,
+                        max_tokens=max_tokens,
                         generation=json.dumps(generation, sort_keys=True, ensure_ascii=False) if generation else ""),
                 None if model in AUTO_MODELS else model)
 

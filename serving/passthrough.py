@@ -9,6 +9,7 @@ catalogue model, else the first one. Not for production traffic: it exists to pr
 No ``from __future__ import annotations``: FastAPI must see the real ``Request`` type (see serving.app).
 """
 
+import gc
 import json
 import time
 import uuid
@@ -45,6 +46,8 @@ class Passthrough:
         self.category = category
         self.handles = {m: serve.get_deployment_handle(f"LLM_{m}", app_name=app_name).options(method_name="chat")
                         for m in self.models}
+        gc.collect()  # as the gateway does after loading: long-lived objects skip later collections
+        gc.freeze()
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
