@@ -45,7 +45,7 @@ from router.cache_store import CachedDoc, CacheStoreSettings, MemoryDocumentStor
 from router.cache_verifier import HitVerifier, VerifierInfo
 from router.config import RouterConfig, _Frozen
 from router.errors import ArtifactError
-from router.types import CacheTier, FloatArray
+from router.types import LEGACY_EMBEDDING, CacheTier, EmbeddingKind, FloatArray
 
 log = logging.getLogger("turnout.cache")
 EMBED_DIM = 1024
@@ -86,6 +86,7 @@ class EncoderFiles(_Frozen):
     model_file: str = "encoder.onnx"
     tokenizer_file: str = "tokenizer.json"
     max_length: int = Field(default=128, gt=0)
+    embedding: EmbeddingKind = LEGACY_EMBEDDING  # what thresholds/verifier were fitted on (absent: older bundles)
 
 
 class CachePolicy(_Frozen):
@@ -415,14 +416,15 @@ def load_cache_parts(policy: CachePolicy, files: Mapping[str, bytes | Path], *,
                      shared_encoder: Any | None = None) -> tuple[Any | None, HitVerifier | None]:
     """The encoder (``shared_encoder`` when given: the classifier's) and verifier a policy names."""
     encoder = shared_encoder
-    if encoder is None and policy.encoder is not None:
-        from router.encoder import SentenceEncoder
+    if policy.encoder is not None and getattr(encoder, "embedding", None) != policy.encoder.embedding:
+        from router.encoder import encoder_for
 
-        enc = policy.encoder
+        enc = policy.encoder  # not shareable (none, or the classifier's heads saw another embedding)
         missing = [f for f in (enc.model_file, enc.tokenizer_file) if f not in files]
         if missing:
             raise ArtifactError(f"cache policy names encoder file(s) {missing} that the bundle lacks")
-        encoder = SentenceEncoder(files[enc.model_file], files[enc.tokenizer_file], max_length=enc.max_length)
+        encoder = encoder_for(files[enc.model_file], files[enc.tokenizer_file], max_length=enc.max_length,
+                              embedding=enc.embedding)
     verifier = None
     if policy.verifier is not None:
         if policy.verifier.file not in files:

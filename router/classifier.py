@@ -41,7 +41,7 @@ from router.errors import ArtifactError
 from router.linear_head import SparseLinearHead, softmax_row
 from router.ood import OOD_FEATURES, CharLanguageModel, combine_row, has_content, prepare_text
 from router.tfidf import TfidfVocabulary
-from router.types import FloatArray
+from router.types import LEGACY_EMBEDDING, EmbeddingKind, FloatArray
 
 CLASSIFIER_INFO_FORMAT = 1
 LEGACY_MAX_CHARS = 32_000
@@ -60,6 +60,7 @@ class EncoderInfo(_Frozen):
     max_length: int = Field(gt=0)
     dim: int = Field(gt=0)
     source: str  # where training took the files from (package==version)
+    embedding: EmbeddingKind = LEGACY_EMBEDDING  # what the head was fitted on (absent: older bundles)
 
 
 class OODInfo(_Frozen):
@@ -206,10 +207,10 @@ class CategoryClassifier:
                 raise ArtifactError(f"{info.vocab_file}: not a TF-IDF vocabulary this turnout can use ({e})") from e
         encoder = None
         if info.encoder is not None:
-            from router.encoder import SentenceEncoder
+            from router.encoder import encoder_for
 
-            encoder = SentenceEncoder(files[info.encoder.model_file], files[info.encoder.tokenizer_file],
-                                      max_length=info.encoder.max_length, threads=threads)
+            encoder = encoder_for(files[info.encoder.model_file], files[info.encoder.tokenizer_file],
+                                  max_length=info.encoder.max_length, embedding=info.encoder.embedding, threads=threads)
         session = make_session(files[info.model_file], threads=threads)
         head = None
         if vocabulary is not None:
@@ -222,8 +223,8 @@ class CategoryClassifier:
     @property
     def row_separable(self) -> bool:
         """True when ``predict`` of many texts equals ``predict`` of each alone, bit for bit: the TF-IDF
-        graphs run one row per call and the rest is row-wise arithmetic. The sentence encoder pads a
-        batch to its longest text, which can move an embedding in the last bits."""
+        graphs run one row per call and the rest is row-wise arithmetic. The encoder head runs one
+        matmul over the whole batch, which can move a probability in the last bits."""
         return self.info is None or self.info.kind != "encoder_linear"
 
     @property

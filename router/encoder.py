@@ -44,7 +44,7 @@ import onnxruntime as ort
 from router.errors import ArtifactError
 from router.onnx_session import make_session
 from router.ood import valid_text
-from router.types import FloatArray
+from router.types import CURRENT_EMBEDDING, LEGACY_EMBEDDING, EmbeddingKind, FloatArray
 
 ENCODER_DIM = 384
 MEMO_SIZE = 64
@@ -73,7 +73,9 @@ _INT8: dict[str, bytes | None] = {}  # sha256 of a packaged model -> its int8-ac
 
 def int8_graph(model: bytes, fused: bytes, tokenizer) -> bytes | None:  # type: ignore[no-untyped-def]
     """``router.encoder_graph.int8_minilm`` of the fused graph, its outlier channels calibrated on
-    ``CALIBRATION_TEXTS`` (one prompt at a time), computed once per process per model."""
+    ``CALIBRATION_TEXTS`` (one prompt at a time), computed once per process per model. Keyed on the
+    model alone: the calibration sentences are short (<= 27 tokens), so ``max_length`` truncation (128 in
+    bundles) never reaches them and every encoder of the same model calibrates identically."""
     key = hashlib.sha256(model).hexdigest()
     with _FUSED_LOCK:
         if key not in _INT8:
@@ -114,6 +116,21 @@ def _session(model: str | Path | bytes, threads: int, fuse: bool) -> tuple[ort.I
     return make_session(model, threads=threads), False
 
 
+def encoder_for(model: str | Path | bytes, tokenizer_json: str | Path | bytes, *, max_length: int,
+                embedding: EmbeddingKind, threads: int = 1) -> SentenceEncoder:
+    """The encoder computing the embedding a bundle's heads and thresholds were fitted on.
+
+    Raises ``ArtifactError`` when that is the int8 embedding and this process cannot build its graph
+    (logged): serving float32 vectors to heads fitted on int8 ones would be a silent training/serving
+    skew, so the bundle is refused instead (a hot reload then keeps the previous bundle)."""
+    enc = SentenceEncoder(model, tokenizer_json, max_length=max_length, threads=threads,
+                          int8_single=embedding == CURRENT_EMBEDDING)
+    if enc.embedding != embedding:
+        raise ArtifactError(f"the bundle was fitted on {embedding!r} embeddings but this process computes "
+                            f"{enc.embedding!r} (the int8 encoder graph could not be built; see the log)")
+    return enc
+
+
 class SentenceEncoder:
     def __init__(self, model: str | Path | bytes, tokenizer_json: str | Path | bytes, *, max_length: int = 128,
                  threads: int = 1, fuse: bool = True, int8_single: bool = True) -> None:
@@ -150,6 +167,11 @@ class SentenceEncoder:
         self.n_encoded = 0  # texts actually run through the model (memo hits excluded)
         self._memo: OrderedDict[str, FloatArray] = OrderedDict()
         self._memo_lock = threading.Lock()
+
+    @property
+    def embedding(self) -> EmbeddingKind:
+        """What ``encode`` computes (recorded in bundles: heads are fitted on one embedding function)."""
+        return CURRENT_EMBEDDING if self.int8_single else LEGACY_EMBEDDING
 
     def encode_one(self, text: str) -> FloatArray:
         """(384,) unit vector of one text, memoised (the last ``MEMO_SIZE`` texts)."""

@@ -388,6 +388,10 @@ class BoundScorer:
             import onnxruntime
 
             self._run, self._args = sess.run_with_iobinding, (raw, onnxruntime.RunOptions())
+            try:  # one trial run: a private call whose signature changed must not fail every decision
+                self._run(*self._args)
+            except Exception:
+                self._run, self._args = session.run_with_iobinding, (binding,)
         else:  # another onnxruntime layout: the public wrapper
             self._run, self._args = session.run_with_iobinding, (binding,)
 

@@ -38,7 +38,7 @@ from serving.tenants import TenantDirectory
 
 api = FastAPI(title="turnout gateway", description="OpenAI-compatible chat completions with learned routing")
 QUIET_LOGS = {"enable_access_log": False, "log_level": "WARNING"}
-METRICS_FLUSH_S = 1.0  # per-request counters reach Ray at most this late (serving.metrics)
+METRICS_FLUSH_S = 1.0  # per-request counters reach Ray within this while traffic flows, else at the next log_flush_s tick
 _LOG = logging.getLogger("ray.serve")
 
 
@@ -358,8 +358,10 @@ class Gateway:
 
     def __del__(self) -> None:
         """Graceful shutdown (Serve drains, then deletes the replica): nothing buffered is lost."""
-        self.core.metrics.flush()
-        self.log.close()
+        try:
+            self.core.metrics.flush()
+        finally:
+            self.log.close()
 
 
 def replica_router_config(cfg: ServeConfig) -> RequestRouterConfig:

@@ -16,11 +16,13 @@ takes one observation per call, so batching them would save nothing.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from types import SimpleNamespace
 from typing import Any
 
+log = logging.getLogger("ray.serve")
 LATENCY_BOUNDARIES_MS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
 
 
@@ -64,12 +66,18 @@ class GatewayMetrics:
             self.flush()
 
     def flush(self) -> None:
-        """Hand the locally summed counts to Ray (one ``inc`` per counter and tag set)."""
+        """Hand the locally summed counts to Ray (one ``inc`` per counter and tag set). Never raises:
+        it runs on whichever request crosses the period and at shutdown, where an exception would hit
+        a request that has nothing to do with it or skip closing the decision log; a tag set Ray
+        refuses is logged and dropped, the others are still recorded."""
         with self._lock:
             pending, self._pending = self._pending, {}
             self._last_flush = time.monotonic()
         for (counter, tags), value in pending.items():
-            getattr(self, counter).inc(value, tags=dict(tags))
+            try:
+                getattr(self, counter).inc(value, tags=dict(tags))
+            except Exception as e:  # e.g. a non-string tag value
+                log.warning("metric %s%s dropped (%s: %s)", counter, dict(tags), type(e).__name__, e)
 
     def decision(self, *, model: str, category: str, arm: str, policy: str, tier: str, hit: bool,
                  decision_ms: float) -> None:

@@ -151,10 +151,7 @@ class LearnedReplicaRouter(SafeRequestRouter):
             batch = self._batch = _Batch(list(cands), stats, maybe, policy.scorer)  # type: ignore[arg-type]
             batch.add_sends([self._late.get(rid, _NO_SENDS) for rid in batch.ids])
         batch.rows.fill(request_hits_or_none(request, batch.summaries, batch.present), request.input_tokens)
-        scores = batch.predict().tolist()
-        if len(set(scores)) == len(scores):  # no ties (the common case): router.replica.rank_by_scores, inlined
-            return sorted(range(len(scores)), key=scores.__getitem__)
-        return policy.rank_predictions(scores)
+        return policy.rank_predictions(batch.predict().tolist())
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)

@@ -20,6 +20,7 @@ from router.classifier import CategoryClassifier
 from router.config import RouterConfig
 from router.features import featurize
 from router.log_schema import NOT_DRAWN_POLICIES, read_logs
+from router.types import CURRENT_EMBEDDING
 from training.classifier import FittedClassifier, fit_category_model
 from training.policy import FittedPolicy, LoggedBandit, fit_policy
 
@@ -116,7 +117,8 @@ def default_cache_files(cfg: RouterConfig) -> dict[str, bytes]:
     if any(p.tier == "semantic" for p in policy.categories.values()) and encoder_available():
         files = encoder_source_files()
         policy = policy.model_copy(update={"encoder": EncoderFiles(model_file=ENCODER_FILE, tokenizer_file=TOKENIZER_FILE,
-                                                                   max_length=ENCODER_MAX_LENGTH)})
+                                                                   max_length=ENCODER_MAX_LENGTH,
+                                                                   embedding=CURRENT_EMBEDDING)})
     return {**files, "cache_policy.json": policy.model_dump_json(indent=2).encode()}
 
 

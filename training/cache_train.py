@@ -309,7 +309,7 @@ def train_cache(logs: str | Path, cfg: RouterConfig, out: str | Path, *, fit_row
     policy = CachePolicy(
         categories=policies,
         default=CategoryCachePolicy(tier="skip", threshold=matchers.global_threshold, verifier_cutoff=matchers.global_cutoff),
-        verifier=matchers.verifier_info, encoder=EncoderFiles(max_length=ENCODER_MAX_LENGTH),
+        verifier=matchers.verifier_info, encoder=EncoderFiles(max_length=ENCODER_MAX_LENGTH, embedding=encoder.embedding),
         load_adaptation=LoadAdaptation(start=s.load_relax_start, max_threshold_relax=s.max_threshold_relax,
                                        max_cutoff_relax=s.max_cutoff_relax),
         max_prompt_chars=s.max_prompt_chars, metrics={"matching": matchers.metrics})

@@ -47,6 +47,7 @@ from router.classifier import (
 from router.errors import NotFittedError
 from router.ood import CharLanguageModel, combine, feature_quantiles, has_content, ood_features, prepare_text, quantile_levels
 from router.tfidf import TfidfVocabulary, char_ngrams, word_ngrams
+from router.types import CURRENT_EMBEDDING
 
 ONNX_TOKENEXP = r"[\p{L}\p{N}_]{2,}"
 SKLEARN_TOKEN_PATTERN = r"(?u)\b\w\w+\b"
@@ -461,7 +462,9 @@ def fit_category_model(texts: Sequence[str], labels: Sequence[str], taxonomy: Se
     if chosen == "encoder":
         files.update(encoder_source_files())
         enc_info = EncoderInfo(name="all-MiniLM-L6-v2-int8", model_file=ENCODER_FILE, tokenizer_file=TOKENIZER_FILE,
-                               max_length=ENCODER_MAX_LENGTH, dim=384, source=ENCODER_PACKAGES)
+                               max_length=ENCODER_MAX_LENGTH, dim=384, source=ENCODER_PACKAGES,
+                               # precomputed embeddings (benchmarks) come from load_encoder(): the current one
+                               embedding=encoder.embedding if encoder is not None else CURRENT_EMBEDDING)
     val_feats = _ood_validation_features(prepared, train, val, sources, lm)
     quantiles = feature_quantiles(val_feats, quantile_levels())
     val_score = combine(val_feats, quantiles)

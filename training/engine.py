@@ -159,7 +159,7 @@ class ReplicaEngine:
         if n_out < 1:
             n_out = 1
         est = n_in
-        if prefix_hashes and self._cache_cap and self.estimate_waiting:  # cached_prefix_tokens, inlined
+        if prefix_hashes and self._cache_cap and self.estimate_waiting:  # leading cached blocks (hit <= input - 1)
             cache, k = self.cache, 0
             for h in prefix_hashes:
                 if h not in cache:
@@ -310,20 +310,6 @@ class ReplicaEngine:
                 if len(out) >= max_items:
                     break
         return out
-
-    def cached_prefix_tokens(self, hashes: Sequence[int], input_tokens: int) -> int:
-        """Prompt tokens the cache would serve now (leading cached blocks; at most ``input - 1``)."""
-        if not hashes or not self._cache_cap:
-            return 0
-        cache, n = self.cache, 0
-        for h in hashes:
-            if h not in cache:
-                break
-            n += 1
-        if not n:
-            return 0
-        hit = n * self._block
-        return hit if hit < input_tokens else input_tokens - 1
 
     # ------------------------------------------------------------------------------------ internals
 

@@ -197,6 +197,7 @@ def test_encoder_head_c_is_chosen_by_leave_one_source_out() -> None:
     fitted = fit_category_model([r.text for r in rows], [r.category for r in rows], cats, family="encoder",
                                 sources=sources, select_by="loso", embeddings=emb)
     sel = fitted.metrics["selection"]["encoder"]
+    assert fitted.info.encoder is not None and fitted.info.encoder.embedding == "int8_single_v1"  # what it was fit on
     assert set(sel["loso_mean_macro_f1_by_c"]) == {str(c) for c in ENCODER_C_GRID}
     assert sel["loso_mean_macro_f1"] == max(sel["loso_mean_macro_f1_by_c"].values())
     assert sel["c"] in ENCODER_C_GRID and set(sel["loso"]) == {"a", "b", "c"}

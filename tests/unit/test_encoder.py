@@ -164,3 +164,44 @@ def test_a_model_of_another_shape_is_run_as_shipped() -> None:
     ids = enc.tokenizer.encode("hello world").ids
     want = table[ids].mean(axis=0)
     np.testing.assert_allclose(enc.encode(["hello world"])[0], want / np.linalg.norm(want), atol=1e-6)
+
+
+def test_a_bundle_gets_the_embedding_its_heads_were_fitted_on(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Manifests name the embedding function (``EncoderInfo.embedding``/``EncoderFiles.embedding``):
+    older ones (no field) were fitted on float32 batches and keep getting them; int8 ones get int8,
+    and a process that cannot build the int8 graph refuses such a bundle instead of serving skewed
+    vectors. The cache shares the classifier's encoder only when both saw the same embedding."""
+    import router.encoder as encoder_mod
+    import router.encoder_graph as graph_mod
+    from router.cache import CachePolicy, EncoderFiles, load_cache_parts
+    from router.classifier import EncoderInfo
+    from router.encoder import encoder_for
+    from router.errors import ArtifactError
+    from router.types import CURRENT_EMBEDDING, LEGACY_EMBEDDING
+    from training.classifier import ENCODER_FILE, ENCODER_MAX_LENGTH, TOKENIZER_FILE, encoder_source_files
+
+    files = encoder_source_files()
+    assert EncoderInfo(name="e", model_file="m", tokenizer_file="t", max_length=8, dim=384,
+                       source="s").embedding == LEGACY_EMBEDDING
+    assert EncoderFiles().embedding == LEGACY_EMBEDDING
+    legacy = encoder_for(files[ENCODER_FILE], files[TOKENIZER_FILE], max_length=ENCODER_MAX_LENGTH,
+                         embedding=LEGACY_EMBEDDING)
+    current = encoder_for(files[ENCODER_FILE], files[TOKENIZER_FILE], max_length=ENCODER_MAX_LENGTH,
+                          embedding=CURRENT_EMBEDDING)
+    assert (legacy.embedding, legacy.int8_single) == (LEGACY_EMBEDDING, False)
+    assert (current.embedding, current.int8_single) == (CURRENT_EMBEDDING, True)
+
+    policy = CachePolicy(encoder=EncoderFiles(model_file=ENCODER_FILE, tokenizer_file=TOKENIZER_FILE,
+                                              max_length=ENCODER_MAX_LENGTH, embedding=CURRENT_EMBEDDING))
+    assert load_cache_parts(policy, files, shared_encoder=current)[0] is current
+    own, _ = load_cache_parts(policy, files, shared_encoder=legacy)
+    assert own is not legacy and own.embedding == CURRENT_EMBEDDING
+
+    def broken(*_a, **_k):  # type: ignore[no-untyped-def]
+        raise RuntimeError("no DynamicQuantizeMatMul here")
+
+    monkeypatch.setattr(encoder_mod, "_INT8", {})
+    monkeypatch.setattr(graph_mod, "matmul_inputs", broken)
+    with pytest.raises(ArtifactError, match="int8_single_v1"):
+        encoder_for(files[ENCODER_FILE], files[TOKENIZER_FILE], max_length=ENCODER_MAX_LENGTH,
+                    embedding=CURRENT_EMBEDDING)

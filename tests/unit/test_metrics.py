@@ -83,3 +83,22 @@ def test_batched_ray_serve_metrics_flush_outside_a_replica() -> None:
     m.error("upstream", "large")
     m.flush()
     NullMetrics().flush()
+
+
+def test_a_tag_set_ray_refuses_is_dropped_alone_and_flush_never_raises() -> None:
+    """The flush runs on an unrelated request and at shutdown (before the decision log closes): a bad
+    tag set must not raise there, and the other pending counts are still recorded."""
+    f = Factory()
+    m = GatewayMetrics(f, flush_s=3600.0)
+    m.error("timeout", None)  # type: ignore[arg-type]  # Ray: "Tag values must be str"
+    m.error("refused", "large")
+    refused = f.made["turnout_errors"]
+
+    def strict_inc(value: float = 1.0, tags: dict[str, str] | None = None) -> None:
+        if any(not isinstance(v, str) for v in (tags or {}).values()):
+            raise TypeError("Tag values must be str")
+        refused.calls.append((value, dict(tags or {})))
+
+    refused.inc = strict_inc  # type: ignore[method-assign]
+    m.flush()
+    assert refused.calls == [(1.0, {"kind": "refused", "model": "large"})]

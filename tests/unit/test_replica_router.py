@@ -264,6 +264,33 @@ def test_bound_scorer_without_the_pybind_session_uses_the_public_binding(quick_m
     assert bound().tolist() == want and scorer.session.calls == 1  # type: ignore[attr-defined]
 
 
+def test_bound_scorer_falls_back_when_the_private_call_changed(quick_model: Path) -> None:
+    """``_sess.run_with_iobinding`` is private onnxruntime API: if a future version changes its
+    signature, one trial call at bind time switches to the public wrapper instead of every decision raising."""
+    class ChangedPrivate:
+        def run_with_iobinding(self, *_a: Any) -> None:
+            raise TypeError("incompatible function arguments")
+
+    class Wrapped:
+        def __init__(self, session: Any) -> None:
+            self._s, self._sess, self.calls = session, ChangedPrivate(), 0
+
+        def io_binding(self) -> Any:
+            return self._s.io_binding()
+
+        def run_with_iobinding(self, binding: Any) -> None:
+            self.calls += 1
+            self._s.run_with_iobinding(binding)
+
+    scorer = ReplicaScorer(quick_model)
+    rows = FeatureRows(np.array([replica_state(stats(ongoing=k, waiting_tokens=3000 * k)) for k in range(4)]))
+    x = rows.fill(None, 700)
+    want = scorer.predict(x.copy()).tolist()
+    scorer.session = Wrapped(scorer.session)  # type: ignore[assignment]
+    bound = scorer.bind(x)
+    assert bound().tolist() == want and scorer.session.calls == 1  # type: ignore[attr-defined]
+
+
 def test_scorer_refuses_a_mismatched_or_corrupt_model(quick_model: Path, tmp_path: Path) -> None:
     bad = tmp_path / "m"
     shutil.copytree(quick_model, bad)
