@@ -94,26 +94,8 @@ def _decisions(core: GatewayCore) -> dict[str, tuple[Any, ...]]:
         for rec in core.log._buffer}
 
 
-def test_decide_thread_gives_the_inline_decisions(bundle: Bundle, tmp_path: Path) -> None:
-    """Concurrent requests: with the decide thread, every request gets the decision it gets inline (one
-    thread, arrival order, the same rng draws)."""
-    inline = _core(bundle, tmp_path, "inline")
-    threaded = _core(bundle, tmp_path, "threaded", decide_in_thread=True)
-    used: set[str] = set()
-    original = threaded.routers["default"].decide
-
-    def spy(*args: Any, **kw: Any) -> Any:
-        used.add(threading.current_thread().name)
-        return original(*args, **kw)
-
-    threaded.routers["default"].decide = spy  # type: ignore[method-assign]
-    assert _decisions(threaded) == _decisions(inline)
-    assert any(n.startswith("decide") for n in used)  # the busy gateway decided on the decide thread
-    assert threading.main_thread().name in used  # the first request found it idle: decided inline
-
-
-def test_an_idle_gateway_decides_inline(bundle: Bundle, tmp_path: Path) -> None:
-    core = _core(bundle, tmp_path, "idle", decide_in_thread=True)
+def _threads_deciding(core: Any) -> set[str]:
+    """Names of the threads that run ``Router.decide`` from now on (filled as requests are decided)."""
     used: set[str] = set()
     original = core.routers["default"].decide
 
@@ -121,7 +103,24 @@ def test_an_idle_gateway_decides_inline(bundle: Bundle, tmp_path: Path) -> None:
         used.add(threading.current_thread().name)
         return original(*args, **kw)
 
-    core.routers["default"].decide = spy  # type: ignore[method-assign]
+    core.routers["default"].decide = spy
+    return used
+
+
+def test_decide_thread_gives_the_inline_decisions(bundle: Bundle, tmp_path: Path) -> None:
+    """Concurrent requests: with the decide thread, every request gets the decision it gets inline (one
+    thread, arrival order, the same rng draws)."""
+    inline = _core(bundle, tmp_path, "inline")
+    threaded = _core(bundle, tmp_path, "threaded", decide_in_thread=True)
+    used = _threads_deciding(threaded)
+    assert _decisions(threaded) == _decisions(inline)
+    assert any(n.startswith("decide") for n in used)  # the busy gateway decided on the decide thread
+    assert threading.main_thread().name in used  # the first request found it idle: decided inline
+
+
+def test_an_idle_gateway_decides_inline(bundle: Bundle, tmp_path: Path) -> None:
+    core = _core(bundle, tmp_path, "idle", decide_in_thread=True)
+    used = _threads_deciding(core)
     for p in PROMPTS[:3]:  # one at a time: nothing else to serve while deciding
         assert asyncio.run(core.chat(json.dumps({"messages": [{"role": "user", "content": p}]}).encode())).status == 200
     assert used == {threading.current_thread().name}

@@ -243,37 +243,21 @@ def test_bound_scorer_predicts_what_predict_does_on_the_live_buffer(quick_model:
         scorer.bind(np.zeros((3, len(REPLICA_FEATURE_NAMES)), dtype=np.float64))
 
 
-def test_bound_scorer_without_the_pybind_session_uses_the_public_binding(quick_model: Path) -> None:
-    class PublicOnly:  # an onnxruntime session without the private ``_sess`` attribute
+class _ChangedPrivate:  # a future onnxruntime whose private pybind call changed signature
+    def run_with_iobinding(self, *_a: Any) -> None:
+        raise TypeError("incompatible function arguments")
+
+
+@pytest.mark.parametrize("private", [None, _ChangedPrivate()], ids=["no_private_session", "changed_private_call"])
+def test_bound_scorer_uses_the_public_binding_when_the_private_call_is_missing_or_broken(
+        quick_model: Path, private: Any) -> None:
+    """``_sess.run_with_iobinding`` is private onnxruntime API: without it, or when a trial call at bind
+    time fails, the public wrapper runs every decision (never a decision that raises)."""
+    class PublicOnly:
         def __init__(self, session: Any) -> None:
-            self._s = session
-
-        def io_binding(self) -> Any:
-            return self._s.io_binding()
-
-        def run_with_iobinding(self, binding: Any) -> None:
-            self.calls = getattr(self, "calls", 0) + 1
-            self._s.run_with_iobinding(binding)
-
-    scorer = ReplicaScorer(quick_model)
-    rows = FeatureRows(np.array([replica_state(stats(ongoing=k, waiting_tokens=3000 * k)) for k in range(4)]))
-    x = rows.fill(None, 700)
-    want = scorer.predict(x.copy()).tolist()
-    scorer.session = PublicOnly(scorer.session)  # type: ignore[assignment]
-    bound = scorer.bind(x)
-    assert bound().tolist() == want and scorer.session.calls == 1  # type: ignore[attr-defined]
-
-
-def test_bound_scorer_falls_back_when_the_private_call_changed(quick_model: Path) -> None:
-    """``_sess.run_with_iobinding`` is private onnxruntime API: if a future version changes its
-    signature, one trial call at bind time switches to the public wrapper instead of every decision raising."""
-    class ChangedPrivate:
-        def run_with_iobinding(self, *_a: Any) -> None:
-            raise TypeError("incompatible function arguments")
-
-    class Wrapped:
-        def __init__(self, session: Any) -> None:
-            self._s, self._sess, self.calls = session, ChangedPrivate(), 0
+            self._s, self.calls = session, 0
+            if private is not None:
+                self._sess = private
 
         def io_binding(self) -> Any:
             return self._s.io_binding()
@@ -286,7 +270,7 @@ def test_bound_scorer_falls_back_when_the_private_call_changed(quick_model: Path
     rows = FeatureRows(np.array([replica_state(stats(ongoing=k, waiting_tokens=3000 * k)) for k in range(4)]))
     x = rows.fill(None, 700)
     want = scorer.predict(x.copy()).tolist()
-    scorer.session = Wrapped(scorer.session)  # type: ignore[assignment]
+    scorer.session = PublicOnly(scorer.session)  # type: ignore[assignment]
     bound = scorer.bind(x)
     assert bound().tolist() == want and scorer.session.calls == 1  # type: ignore[attr-defined]
 
