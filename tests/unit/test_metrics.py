@@ -102,3 +102,29 @@ def test_a_tag_set_ray_refuses_is_dropped_alone_and_flush_never_raises() -> None
     refused.inc = strict_inc  # type: ignore[method-assign]
     m.flush()
     assert refused.calls == [(1.0, {"kind": "refused", "model": "large"})]
+
+
+def test_metrics_record_decisions_cache_latency_and_errors() -> None:
+    f = Factory()
+    m = GatewayMetrics(f)
+    m.decision(model="large", category="code", arm="b", policy="epsilon_greedy", tier="exact", hit=True, decision_ms=0.4)
+    m.decision(model="small", category="chat", arm="a", policy="fallback", tier="skip", hit=False, decision_ms=0.2)
+    m.error("rate_limited")
+    m.failover("large", "medium")
+    m.completed(model="large", arm="b", latency_ms=12.0)
+    assert f.made["turnout_decisions"].calls == [
+        (1.0, {"model": "large", "category": "code", "arm": "b", "policy": "epsilon_greedy"}),
+        (1.0, {"model": "small", "category": "chat", "arm": "a", "policy": "fallback"})]
+    assert f.made["turnout_cache_lookups"].calls == [(1.0, {"tier": "exact", "hit": "true", "arm": "b"})]
+    assert [v for v, _ in f.made["turnout_decision_latency_ms"].calls] == [0.4, 0.2]
+    assert f.made["turnout_errors"].calls == [(1.0, {"kind": "rate_limited", "model": ""})]
+    assert f.made["turnout_failovers"].calls == [(1.0, {"from_model": "large", "to_model": "medium"})]
+    assert f.made["turnout_request_latency_ms"].calls == [(12.0, {"model": "large", "arm": "b"})]
+
+
+def test_metrics_work_with_ray_serve_metrics_outside_a_replica() -> None:
+    """The real ray.serve.metrics classes accept our names, tags and boundaries (no cluster needed)."""
+    m = GatewayMetrics()
+    m.decision(model="large", category="code", arm="a", policy="epsilon_greedy", tier="exact", hit=False,
+               decision_ms=0.3)
+    m.error("upstream", "large")

@@ -183,58 +183,6 @@ def test_failover_order_follows_the_policy_ranking() -> None:
     assert failover_order(_decision("large", ("large",), (1.0,), {}), 3) == ["large"]  # pinned/fallback
 
 
-# --- metrics ----------------------------------------------------------------------------------------------
-
-class FakeInstrument:
-    def __init__(self, name: str, description: str = "", tag_keys: tuple[str, ...] | None = None,
-                 boundaries: list[float] | None = None) -> None:
-        self.name, self.tag_keys, self.boundaries = name, tag_keys, boundaries
-        self.calls: list[tuple[float, dict[str, str]]] = []
-
-    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
-        assert set(tags or {}) == set(self.tag_keys or ()), (self.name, tags)
-        self.calls.append((value, tags or {}))
-
-    observe = inc
-
-
-class FakeFactory:
-    def __init__(self) -> None:
-        self.made: dict[str, FakeInstrument] = {}
-
-    def Counter(self, name: str, **kw: Any) -> FakeInstrument:  # noqa: N802 - mirrors ray.serve.metrics
-        self.made[name] = FakeInstrument(name, **kw)
-        return self.made[name]
-
-    Histogram = Counter
-
-
-def test_metrics_record_decisions_cache_latency_and_errors() -> None:
-    f = FakeFactory()
-    m = GatewayMetrics(f)
-    m.decision(model="large", category="code", arm="b", policy="epsilon_greedy", tier="exact", hit=True, decision_ms=0.4)
-    m.decision(model="small", category="chat", arm="a", policy="fallback", tier="skip", hit=False, decision_ms=0.2)
-    m.error("rate_limited")
-    m.failover("large", "medium")
-    m.completed(model="large", arm="b", latency_ms=12.0)
-    assert f.made["turnout_decisions"].calls == [
-        (1.0, {"model": "large", "category": "code", "arm": "b", "policy": "epsilon_greedy"}),
-        (1.0, {"model": "small", "category": "chat", "arm": "a", "policy": "fallback"})]
-    assert f.made["turnout_cache_lookups"].calls == [(1.0, {"tier": "exact", "hit": "true", "arm": "b"})]
-    assert [v for v, _ in f.made["turnout_decision_latency_ms"].calls] == [0.4, 0.2]
-    assert f.made["turnout_errors"].calls == [(1.0, {"kind": "rate_limited", "model": ""})]
-    assert f.made["turnout_failovers"].calls == [(1.0, {"from_model": "large", "to_model": "medium"})]
-    assert f.made["turnout_request_latency_ms"].calls == [(12.0, {"model": "large", "arm": "b"})]
-
-
-def test_metrics_work_with_ray_serve_metrics_outside_a_replica() -> None:
-    """The real ray.serve.metrics classes accept our names, tags and boundaries (no cluster needed)."""
-    m = GatewayMetrics()
-    m.decision(model="large", category="code", arm="a", policy="epsilon_greedy", tier="exact", hit=False,
-               decision_ms=0.3)
-    m.error("upstream", "large")
-
-
 # --- feedback validation ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("body", "field", "message"), [
