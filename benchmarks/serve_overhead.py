@@ -23,10 +23,20 @@ CPU per request: around every measured round the CPU time (user + system, ``/pro
 and of the Ray cluster it started is read per role (gateway ingress, passthrough ingress, model
 replicas, HTTP proxy, other Ray processes, the load generator), so the JSON's ``cpu`` block prices
 each app in CPU ms per request -- steadier than wall time on a box that other work shares.
+The cluster is CPU-bound at concurrency 16 (``cpu.cores_busy`` ~ the core count for both apps), so the
+throughput ratio follows the total CPU ratio and closed-loop latency is 16 / throughput. Where the
+gateway's extra CPU goes: ``cpu.ingress_threads_ms_per_request`` splits each ingress replica's CPU by
+thread (/proc per thread, Python thread names from ``py-spy dump``): the extra is on the user event
+loop, where FastAPI, ``GatewayCore`` and ``Router.decide`` run; ``decide_cpu_in_process`` is the CPU
+of ``Router.decide`` over the same prompts by cache tier (a semantic-tier decision embeds the prompt
+with the sentence encoder, several times the others). ``open_loop``: Poisson arrivals at a fraction
+(``--open-loop``, default 0.5) of the passthrough's throughput, the added latency below saturation.
+Every phase (warm-up, rounds, concurrency 1, open loop) sends fresh prompts: a repeated prompt could
+be a gateway cache hit.
 ``--decide-in-thread`` runs the gateway with ``gateway.decide_in_thread: true`` (``Router.decide`` on a
 decide thread whenever other requests are in flight; see ``serving.gateway``).
 
-    python benchmarks/serve_overhead.py [--quick] [--profile 10] [--decide-in-thread]
+    python benchmarks/serve_overhead.py [--quick] [--profile 10] [--decide-in-thread] [--open-loop 0.5]
         ->  benchmarks/results/serve_overhead[_quick].{json,png}
 """
 
@@ -62,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--train-requests", type=int, default=2000, help="simulated logs the bundle is trained on")
     ap.add_argument("--serial", type=int, default=200,
                     help="also: this many requests per app at concurrency 1 (added latency without queueing)")
+    ap.add_argument("--open-loop", type=float, default=0.5,
+                    help="also: Poisson arrivals at this fraction of the passthrough's measured throughput "
+                         "(below saturation: the added latency without CPU queueing); 0 = off")
+    ap.add_argument("--open-loop-requests", type=int, default=300, help="requests per app in the open-loop run")
     ap.add_argument("--profile", type=float, default=0.0, help="py-spy the gateway replica for S seconds of load")
     ap.add_argument("--quick", action="store_true", help="400 requests, 4 rounds, 50 warm-up (smoke run)")
     ap.add_argument("--ingress-replicas", type=int, default=2,
@@ -72,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.requests, args.rounds, args.warmup = 400, 4, 50
+        args.open_loop_requests = min(args.open_loop_requests, 150)
+    n_open = args.open_loop_requests if args.open_loop > 0 else 0
     t_start = time.perf_counter()
 
     from ray import serve
@@ -94,13 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                   route_prefix=PASSTHROUGH_PREFIX, blocking=False)
         launcher.wait_healthy(url + PASSTHROUGH_PREFIX)
 
-        n_prompts = args.warmup + args.requests
+        # fresh prompts for every phase: a prompt the gateway saw before could be a cache hit (no model call)
+        n_prompts = args.warmup + args.requests + args.serial + n_open
         prompts = [r.prompt for r in generate_requests(world, n_prompts, seed=args.seed + 4242)]
         # a unique tag per request: the cache never answers, so every gateway request reaches a model; the
         # true category tells the simulated backend what to simulate, the same for both apps
         bodies = [{"model": "auto", "messages": [{"role": "user", "content": f"{p.text} [#{i}]"}],
                    "metadata": {"sim_category": p.category}} for i, p in enumerate(prompts)]
-        pbodies = [{**b, "model": m} for b, m in zip(bodies, _same_models(cfg, bodies, args.seed))]
+        same_models, decide_cpu = _same_models(cfg, bodies, args.seed)
+        pbodies = [{**b, "model": m} for b, m in zip(bodies, same_models)]
         targets = {"gateway": f"{url}/v1/chat/completions", "passthrough": f"{url}{PASSTHROUGH_PREFIX}/v1/chat/completions"}
 
         with console.status(f"warm-up: {args.warmup} requests per app"):
@@ -108,22 +126,38 @@ def main(argv: Sequence[str] | None = None) -> int:
                 asyncio.run(_load(targets[name], bs[: args.warmup], args.concurrency))
         runs: dict[str, list[dict[str, Any]]] = {"gateway": [], "passthrough": []}
         cpu: dict[str, Counter[str]] = {"gateway": Counter(), "passthrough": Counter()}
-        blocks = np.array_split(np.arange(args.warmup, n_prompts), args.rounds)
+        threads: dict[str, Counter[tuple[int, int, str]]] = {"gateway": Counter(), "passthrough": Counter()}
+        blocks = np.array_split(np.arange(args.warmup, args.warmup + args.requests), args.rounds)
         with console.status(f"{args.rounds} alternating rounds x {args.requests // args.rounds} requests per app"):
             for r, idx in enumerate(blocks):
                 order = ("gateway", "passthrough") if r % 2 == 0 else ("passthrough", "gateway")
                 for name in order:
                     bs = bodies if name == "gateway" else pbodies
-                    before = _cpu_by_role()
+                    before, tbefore = _cpu_by_role(), _ingress_threads(INGRESS[name])
                     runs[name].append(asyncio.run(_load(targets[name], [bs[i] for i in idx], args.concurrency)))
                     cpu[name].update(_cpu_by_role() - before)
+                    threads[name].update(_ingress_threads(INGRESS[name]) - tbefore)
+        thread_names = _python_thread_names(tuple(INGRESS.values()))  # after the rounds: lazily started pools exist
         serial: dict[str, list[dict[str, Any]]] = {"gateway": [], "passthrough": []}
         if args.serial:
             with console.status(f"concurrency 1: {args.serial} requests per app, 2 alternating rounds"):
-                for r, idx in enumerate(np.array_split(np.arange(args.serial), 2)):
+                first = args.warmup + args.requests
+                for r, idx in enumerate(np.array_split(np.arange(first, first + args.serial), 2)):
                     for name in (("gateway", "passthrough") if r == 0 else ("passthrough", "gateway")):
                         bs = bodies if name == "gateway" else pbodies
                         serial[name].append(asyncio.run(_load(targets[name], [bs[i] for i in idx], 1)))
+        open_runs: dict[str, list[dict[str, Any]]] = {"gateway": [], "passthrough": []}
+        open_rate = 0.0
+        if n_open:
+            p_runs = runs["passthrough"]
+            open_rate = args.open_loop * sum(b["latency_ms"].size for b in p_runs) / sum(b["wall_s"] for b in p_runs)
+            first = args.warmup + args.requests + args.serial
+            with console.status(f"open loop: {n_open} requests per app at {open_rate:.1f} req/s, 2 alternating rounds"):
+                for r, idx in enumerate(np.array_split(np.arange(first, first + n_open), 2)):
+                    for name in (("gateway", "passthrough") if r == 0 else ("passthrough", "gateway")):
+                        bs = bodies if name == "gateway" else pbodies
+                        open_runs[name].append(asyncio.run(_load(targets[name], [bs[i] for i in idx], 256,
+                                                                 rate=open_rate, seed=args.seed + r)))
         profile = _profile(targets["gateway"], bodies, args) if args.profile > 0 else None
     finally:
         launcher.stop()
@@ -132,8 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     result = _report(runs, args)
     result["cpu"] = _report_cpu(cpu, runs)
+    result["cpu"]["ingress_threads_ms_per_request"] = _report_threads(threads, thread_names, runs, decide_cpu)
+    result["decide_cpu_in_process"] = decide_cpu
     if args.serial:
         result["concurrency_1"] = _report_serial(serial)
+    if n_open:
+        result["open_loop"] = _report_open(open_runs, open_rate, args.open_loop)
     result.update(benchmark="serve_overhead", quick=args.quick, profile=profile,
                   settings={"requests_per_app": args.requests, "ingress_replicas": args.ingress_replicas, "concurrency": args.concurrency, "rounds": args.rounds,
                             "warmup_per_app": args.warmup, "train_requests": args.train_requests, "stream": False,
@@ -142,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "passthrough_models": ("per request, the model the same bundle chooses for that "
                                                    "prompt in process (same model mix as the gateway)"),
                             "cache": "every prompt carries a unique tag, so no cache hits",
-                            "decide_in_thread": args.decide_in_thread},
+                            "decide_in_thread": args.decide_in_thread, "open_loop_fraction": args.open_loop,
+                            "open_loop_requests_per_app": n_open},
                   environment=environment(), wall_s=round(time.perf_counter() - t_start, 1))
     result["plot"] = _plot(runs, args.quick)
     path = write_json("serve_overhead", result, quick=args.quick)
@@ -173,24 +212,46 @@ def _config(work: Path, train_requests: int, ingress_replicas: int = 1, decide_i
     raise RuntimeError("no simulated time_scale accepted by ServeConfig")
 
 
-def _same_models(cfg: Any, bodies: Sequence[dict[str, Any]], seed: int) -> list[str]:
+def _same_models(cfg: Any, bodies: Sequence[dict[str, Any]], seed: int) -> tuple[list[str], dict[str, Any]]:
     """The model the gateway's bundle picks for each body (an in-process ``Router.decide``, outside the
     timed load): the passthrough then sends the same mix of models, so the two apps differ only in the
-    routing work and not in which (differently busy) model deployments they load."""
+    routing work and not in which (differently busy) model deployments they load.
+
+    Also the CPU of each of those decisions (``time.thread_time``; onnxruntime runs on the calling
+    thread) by the cache tier it chose: a semantic-tier decision embeds the prompt with the cache's
+    sentence encoder, several times the cost of the others, so the mean over this load's tier mix --
+    not a skip/exact-tier figure -- is what the gateway pays per request for its decision."""
     from router.bundle import load_bundle
     from router.decision import Router
     from router.request import Message, Request
 
     router = Router(load_bundle(cfg.path(cfg.bundle)))
     rng = np.random.default_rng(seed)
-    return [router.decide(Request(messages=tuple(Message(m["role"], m["content"]) for m in b["messages"])),
-                          now_s=time.time(), rng=rng).model for b in bodies]
+    models: list[str] = []
+    cpu_by_tier: dict[str, list[float]] = {}
+    for b in bodies:
+        request = Request(messages=tuple(Message(m["role"], m["content"]) for m in b["messages"]))
+        t0 = time.thread_time()
+        d = router.decide(request, now_s=time.time(), rng=rng)
+        cpu_by_tier.setdefault(d.cache_tier, []).append((time.thread_time() - t0) * 1000.0)
+        models.append(d.model)
+    every = [x for v in cpu_by_tier.values() for x in v]
+    return models, {"n": len(every), "mean_ms": float(np.mean(every)),
+                    "by_cache_tier": {t: {"n": len(v), "share": len(v) / len(every), "mean_ms": float(np.mean(v)),
+                                          "p50_ms": float(np.median(v))} for t, v in sorted(cpu_by_tier.items())}}
 
 
-async def _load(url: str, bodies: Sequence[dict[str, Any]], concurrency: int) -> dict[str, Any]:
-    """``concurrency`` clients over one keep-alive pool; per-request latency (ms), wall time, statuses."""
+async def _load(url: str, bodies: Sequence[dict[str, Any]], concurrency: int, rate: float | None = None,
+                seed: int = 0) -> dict[str, Any]:
+    """``concurrency`` clients over one keep-alive pool; per-request latency (ms), wall time, statuses.
+
+    With ``rate`` (req/s): open loop instead -- requests start at Poisson arrival times whatever the
+    answers do (at most ``concurrency`` connections), and latency counts from the scheduled start, so a
+    slow answer cannot hide the requests queued behind it."""
     import httpx
 
+    if rate is not None:
+        return await _load_open(url, bodies, concurrency, rate, seed)
     lat = np.full(len(bodies), np.nan)
     status: Counter[int] = Counter()
     models: Counter[str] = Counter()
@@ -224,6 +285,45 @@ async def _load(url: str, bodies: Sequence[dict[str, Any]], concurrency: int) ->
             "cache_tier": tiers}
 
 
+async def _load_open(url: str, bodies: Sequence[dict[str, Any]], connections: int, rate: float,
+                     seed: int) -> dict[str, Any]:
+    import httpx
+
+    n = len(bodies)
+    starts = np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, n))
+    lat = np.full(n, np.nan)
+    status: Counter[int] = Counter()
+    models: Counter[str] = Counter()
+    decision_ms: list[float] = []
+    tiers = np.full(n, "", dtype=object)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
+        t0 = time.perf_counter()
+
+        async def one(i: int) -> None:
+            due = t0 + starts[i]
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            try:
+                r = await client.post(url, json=bodies[i])
+                code = r.status_code
+            except httpx.HTTPError:
+                code = 0
+            lat[i] = (time.perf_counter() - due) * 1000.0
+            status[code] += 1
+            if code == 200:
+                body = r.json()
+                models[body.get("model", "?")] += 1
+                t = body.get("turnout") or {}
+                tiers[i] = str(t.get("cache_tier", ""))
+                if t.get("decision_ms") is not None:
+                    decision_ms.append(float(t["decision_ms"]))
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        wall = time.perf_counter() - t0
+    return {"latency_ms": lat, "wall_s": wall, "status": dict(status), "models": dict(models), "decision_ms": decision_ms,
+            "cache_tier": tiers}
+
+
 def _profile(url: str, bodies: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any] | None:
     """py-spy the gateway replica while it serves gateway-only load for ``args.profile`` seconds."""
     pid = _gateway_pid()
@@ -233,12 +333,12 @@ def _profile(url: str, bodies: list[dict[str, Any]], args: argparse.Namespace) -
     out = result_path("serve_overhead_profile", "txt", args.quick)
     raw = Path(tempfile.mkdtemp(prefix="turnout-pyspy-")) / "gateway.raw.txt"  # ~0.5 MB: not evidence to commit
     spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(int(args.profile)), "--rate", "200",
-                            "--format", "raw", "--output", str(raw), "--nonblocking"],
+                            "--format", "raw", "--output", str(raw), "--nonblocking", "--threads"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + args.profile
     n = 0
     while time.monotonic() < deadline and spy.poll() is None:
-        chunk = [bodies[(n + i) % len(bodies)] for i in range(400)]
+        chunk = [_retagged(bodies[(n + i) % len(bodies)], f"p{n + i}") for i in range(400)]  # fresh: no cache hits
         asyncio.run(_load(url, chunk, args.concurrency))
         n += len(chunk)
     _, err = spy.communicate(timeout=60)
@@ -251,31 +351,23 @@ def _profile(url: str, bodies: list[dict[str, Any]], args: argparse.Namespace) -
     table(f"Where the gateway replica's time goes (py-spy, {n} requests, {summary['samples']} samples, "
           "share of samples including callees)", ["frame", "share"], rows)
     table("Top functions by own samples", ["function", "share"], [[a, b] for a, b in summary["self_top"][:15]])
+    table("The user event loop thread only (FastAPI handler, GatewayCore, Router.decide): share of its samples",
+          ["frame", "share"], [[name, share] for name, share in summary["loop_inclusive"]],
+          caption=f"{summary['loop_samples']} of {summary['samples']} samples are on that thread; samples include "
+                  "time spent waiting for the GIL")
     return {"pid": pid, "requests": n, **summary, "raw": str(raw)}
 
 
+def _retagged(body: dict[str, Any], tag: str) -> dict[str, Any]:
+    """``body`` with ``tag`` appended to its last message: a prompt no phase has sent before."""
+    messages = [*body["messages"][:-1], {**body["messages"][-1], "content": f"{body['messages'][-1]['content']} [{tag}]"}]
+    return {**body, "messages": messages}
+
+
 def _gateway_pid() -> int | None:
-    """The gateway replica among *this* process's descendants (other Ray clusters may run on the box;
+    """A gateway replica among *this* process's descendants (other Ray clusters may run on the box;
     the state API needs the dashboard, which the launcher leaves off)."""
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    todo, found = [os.getpid()], None
-    while todo and found is None:
-        pid = todo.pop()
-        try:
-            cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            cmd = ""
-        if "ServeReplica:turnout:Gateway" in cmd:
-            found = pid
-        todo.extend(children.get(pid, []))
-    return found
+    return next(iter(_descendants(INGRESS["gateway"])), None)
 
 
 ROLES = (("ServeReplica:turnout:Gateway", "gateway ingress replicas"),
@@ -322,6 +414,110 @@ def _cpu_by_role() -> Counter[str]:
     return out
 
 
+INGRESS = {"gateway": "ServeReplica:turnout:Gateway", "passthrough": "ServeReplica:passthrough:Passthrough"}
+# Python thread name (py-spy dump) -> what runs there; threads py-spy cannot name are Ray's C++ threads
+THREAD_GROUPS = (("_run_user_code_event_loop", "user event loop (FastAPI handler, GatewayCore, Router.decide)"),
+                 ("_run_router_event_loop", "Serve handle router loop (model replica choice)"),
+                 ("AsyncIO Thread", "Ray asyncio thread (replica RPCs)"),
+                 ("decision-log", "decision-log writer thread"),
+                 ("decide", "decide thread (gateway.decide_in_thread)"),
+                 ("ThreadPool", "thread pools (asyncio.to_thread, ...)"))
+NATIVE_THREADS = "Ray core worker C++ threads (and threads gone before the final dump)"
+OTHER_PY_THREADS = "other Python threads"
+
+
+def _descendants(marker: str) -> list[int]:
+    """Pids among this process's descendants whose command line contains ``marker``."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], list(children.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            if marker in (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace"):
+                out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+def _ingress_threads(marker: str) -> Counter[tuple[int, int, str]]:
+    """CPU seconds so far of every thread of the ingress replicas matching ``marker``, keyed by
+    (pid, tid, OS thread name)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: Counter[tuple[int, int, str]] = Counter()
+    for pid in _descendants(marker):
+        try:
+            tasks = list((Path("/proc") / str(pid) / "task").iterdir())
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                stat = (t / "stat").read_text()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat.rsplit(")", 1)[1].split()
+            out[(pid, int(t.name), comm)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _python_thread_names(markers: Sequence[str]) -> dict[int, dict[int, str]]:
+    """{pid: {tid: Python thread name}} of the matching replicas from ``py-spy dump`` (Python threads
+    do not name their OS threads, so /proc alone cannot tell the event loop from Ray's threads);
+    {} without py-spy."""
+    import re
+
+    if not shutil.which("py-spy"):
+        return {}
+    names: dict[int, dict[int, str]] = {}
+    for pid in [p for m in markers for p in _descendants(m)]:
+        try:
+            dump = subprocess.run(["py-spy", "dump", "--pid", str(pid), "--nonblocking"], capture_output=True,
+                                  text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        names[pid] = {int(m.group(1)): m.group(2) for m in re.finditer(r'^Thread (\d+) \([^)]*\): "(.*)"', dump, re.M)}
+    return names
+
+
+def _report_threads(threads: dict[str, Counter[tuple[int, int, str]]], names: dict[int, dict[int, str]],
+                    runs: dict[str, list[dict[str, Any]]], decide_cpu: dict[str, Any]) -> dict[str, Any]:
+    """The ingress CPU per request split by thread: shows which thread the gateway's extra CPU is on
+    (the user event loop, where the handler and ``Router.decide`` run) and how much of it the
+    in-process decision CPU over the same prompts explains."""
+    n = {k: max(sum(b["latency_ms"].size for b in v), 1) for k, v in runs.items()}
+    groups = [g for _, g in THREAD_GROUPS] + [OTHER_PY_THREADS, NATIVE_THREADS]
+    per: dict[str, dict[str, float]] = {}
+    for app, counter in threads.items():
+        acc: Counter[str] = Counter()
+        for (pid, tid, _), seconds in counter.items():
+            py = names.get(pid, {}).get(tid)
+            group = NATIVE_THREADS if py is None else next((g for key, g in THREAD_GROUPS if key in py), OTHER_PY_THREADS)
+            acc[group] += seconds
+        per[app] = {g: 1000.0 * acc[g] / n[app] for g in groups}
+    if not names:
+        console.print("[yellow]no py-spy: ingress threads not named (all counted as native)[/]")
+    loop = groups[0]
+    added_loop = per["gateway"][loop] - per["passthrough"][loop]
+    table("Ingress CPU ms per request by thread (/proc per thread, named with py-spy dump)",
+          ["thread", "gateway", "passthrough", "gateway - passthrough"],
+          [[g, per["gateway"][g], per["passthrough"][g], per["gateway"][g] - per["passthrough"][g]] for g in groups],
+          caption=f"added on the user event loop: {added_loop:.2f} ms per request; Router.decide in process over "
+                  f"the same prompts: {decide_cpu['mean_ms']:.2f} ms CPU mean ("
+                  + ", ".join(f"{t} {v['mean_ms']:.2f} ms x {v['share']:.0%}" for t, v in decide_cpu["by_cache_tier"].items())
+                  + ")")
+    return {"by_thread": per, "added_user_event_loop_ms": added_loop, "named": bool(names),
+            "decide_cpu_mean_ms": decide_cpu["mean_ms"]}
+
+
 def _report_cpu(cpu: dict[str, Counter[str]], runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """CPU ms per request by role while each app was loaded (rounds alternate, so background work of the
     cluster lands on both alike). The ingress rows are the cleanest comparison: the gateway's own work
@@ -332,23 +528,28 @@ def _report_cpu(cpu: dict[str, Counter[str]], runs: dict[str, list[dict[str, Any
     ingress = {"gateway": per["gateway"]["gateway ingress replicas"],
                "passthrough": per["passthrough"]["passthrough ingress replicas"]}
     total = {app: sum(per[app].values()) for app in per}
+    # CPU seconds of this cluster per wall second: ~2 on the 2-core box means the load saturates the CPU,
+    # so throughput ~ 1 / (CPU per request) and the throughput ratio ~ the inverse of the total CPU ratio
+    cores_busy = {app: sum(cpu[app].values()) / max(sum(b["wall_s"] for b in runs[app]), 1e-9) for app in cpu}
     rows = [[role, per["gateway"][role], per["passthrough"][role]] for role in roles]
     rows.append(["all of the above", total["gateway"], total["passthrough"]])
     table("CPU ms per request while each app was loaded (user + system, /proc; this cluster's processes only)",
           ["process role", "gateway run", "passthrough run"], rows,
           caption=f"ingress CPU per request: gateway {ingress['gateway']:.2f} ms vs passthrough "
                   f"{ingress['passthrough']:.2f} ms (+{ingress['gateway'] - ingress['passthrough']:.2f} ms); "
-                  f"all processes: ratio {total['gateway'] / max(total['passthrough'], 1e-9):.2f}")
+                  f"all processes: ratio {total['gateway'] / max(total['passthrough'], 1e-9):.2f}; cores busy "
+                  f"{cores_busy['gateway']:.2f} / {cores_busy['passthrough']:.2f} of {os.cpu_count()}")
     return {"ms_per_request": per, "ingress_ms_per_request": ingress,
             "ingress_added_ms_per_request": ingress["gateway"] - ingress["passthrough"],
             "total_ms_per_request": total,
-            "total_ratio": total["gateway"] / max(total["passthrough"], 1e-9)}
+            "total_ratio": total["gateway"] / max(total["passthrough"], 1e-9), "cores_busy": cores_busy}
 
 
 MARKERS = {
     "router decide (classify + featurize + policy)": "decide (router/decision.py",
-    "classifier ONNX + OOD": "predict (router/classifier.py",
-    "policy ONNX": "predict_batch (router/policy.py",
+    "semantic-tier prompt embedding (sentence encoder)": "_embedding (router/decision.py",
+    "classifier ONNX + OOD": "(router/classifier.py",
+    "policy ONNX": "(router/policy.py",
     "featurize": "featurize (router/features.py",
     "decision log append/flush": "serving/decision_log.py",
     "gateway core (serving/gateway.py)": "serving/gateway.py",
@@ -361,9 +562,11 @@ MARKERS = {
 
 
 def _summarise_stacks(raw: str) -> dict[str, Any]:
-    """py-spy ``raw`` format: ``frame;frame;...;leaf count`` per line."""
-    total = 0
+    """py-spy ``raw`` format: ``frame;frame;...;leaf count`` per line; with ``--threads`` the first
+    frame is ``thread (tid): name``, used to summarise the user event loop thread on its own."""
+    total = loop_total = 0
     inclusive: Counter[str] = Counter()
+    loop: Counter[str] = Counter()
     own: Counter[str] = Counter()
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
@@ -371,13 +574,20 @@ def _summarise_stacks(raw: str) -> dict[str, Any]:
             continue
         c = int(count)
         total += c
+        head, _, rest = stack.partition(";")
+        on_loop = head.startswith("thread (") and "_run_user_code_event_loop" in head
+        if head.startswith("thread ("):
+            stack = rest
+        loop_total += c if on_loop else 0
         for name, marker in MARKERS.items():
             if marker in stack:
                 inclusive[name] += c
+                loop[name] += c if on_loop else 0
         own[stack.split(";")[-1]] += c
-    total = max(total, 1)
+    total, loop_total = max(total, 1), max(loop_total, 1)
     return {"samples": total, "inclusive": [(k, inclusive[k] / total) for k in MARKERS],
-            "self_top": [(k, v / total) for k, v in own.most_common(30)]}
+            "self_top": [(k, v / total) for k, v in own.most_common(30)],
+            "loop_samples": loop_total, "loop_inclusive": [(k, loop[k] / loop_total) for k in MARKERS]}
 
 
 def _stats(blocks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -444,6 +654,23 @@ def _report_serial(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                   + ", ".join(f"{t} {v['p50_ms'] - p['p50_ms']:+.2f} ms (n={v['n']})" for t, v in g["by_cache_tier"].items()))
     return {"apps": s, "added_p50_ms": added, "added_p50_ms_by_cache_tier":
             {t: v["p50_ms"] - p["p50_ms"] for t, v in g["by_cache_tier"].items()}}
+
+
+def _report_open(runs: dict[str, list[dict[str, Any]]], rate: float, fraction: float) -> dict[str, Any]:
+    """Open loop below saturation: the gateway's added latency when the CPU is not the queue (at
+    concurrency 16 the box is saturated, so latency there is 16 / throughput for both apps)."""
+    s = {k: _stats(v) for k, v in runs.items()}
+    g, p = s["gateway"], s["passthrough"]
+    added = g["p50_ms"] - p["p50_ms"]
+    table(f"Open loop: Poisson arrivals at {rate:.1f} req/s ({fraction:.0%} of the passthrough's closed-loop "
+          "throughput), same rate for both apps",
+          ["app", "n", "ok", "p50 ms", "p90 ms", "p99 ms", "decision p50 ms"],
+          [[k, v["n"], v["ok"], v["p50_ms"], v["p90_ms"], v["p99_ms"], v["decision_ms_p50"]] for k, v in s.items()],
+          caption=f"added p50 {added:.2f} ms, added p99 {g['p99_ms'] - p['p99_ms']:.2f} ms; by cache tier: "
+                  + ", ".join(f"{t} {v['p50_ms'] - p['p50_ms']:+.2f} ms (n={v['n']})" for t, v in g["by_cache_tier"].items()))
+    return {"rate_rps": rate, "fraction_of_passthrough": fraction, "apps": s, "added_p50_ms": added,
+            "added_p99_ms": g["p99_ms"] - p["p99_ms"],
+            "added_p50_ms_by_cache_tier": {t: v["p50_ms"] - p["p50_ms"] for t, v in g["by_cache_tier"].items()}}
 
 
 def _plot(runs: dict[str, list[dict[str, Any]]], quick: bool) -> str | None:
