@@ -11,6 +11,11 @@
      the verifier realised with its fitted cutoffs ("matched"), and (ii) along the curves, each rule's
      best point with a false-hit rate <= 5% (both rules then pick their operating point on CLINC).
    Target: hit rate >= 1.5x the global threshold's at the same false-hit rate (<= 5% of hits).
+   ``verifier_online`` (``router.cache_online``): per-answer-cluster thresholds learned online from the
+   feedback a cache sees (a miss's answer labels the candidates it rejected; ``_explore``: + 5% of
+   accepted hits served as misses to label them), prior = the fitted cutoffs, bound = 5%; no hindsight.
+   The same matchers are also replayed on a second stream (``other_stream``: a held-out generated
+   stream of the fitting sources, new seed) to check that nothing is tuned to CLINC.
 2. Load adaptation: the same replay with every threshold relaxed by ``max_threshold_relax`` and every
    cutoff by ``max_cutoff_relax`` (what a fully loaded model gets): hit rate gained vs false hits paid.
 3. Latency. One partition of 100,000 entries (384-d vectors: 2,000 real MiniLM prompt embeddings plus
@@ -56,7 +61,7 @@ class SinglePrompts:
 
 
 def quality(encoder, n_stream: int, seed: int, single=None) -> dict:  # type: ignore[no-untyped-def]
-    from training.cache_data import clinc_stream
+    from training.cache_data import clinc_stream, fit_stream
     from training.cache_eval import evaluate_stream
     from training.cache_train import fit_matchers
     from training.prompts import CATEGORIES
@@ -66,6 +71,13 @@ def quality(encoder, n_stream: int, seed: int, single=None) -> dict:  # type: ig
     rows = clinc_stream(SHARED, n=n_stream, seed=seed)
     report = evaluate_stream(rows, encoder, matchers, latency=False, step=console.print)
     report["stream"]["source"] = "CLINC150 data_full test split, no OOS, shuffled (seed %d)" % seed
+    other = fit_stream(seed=seed + 2, shared_dir=shared)[:n_stream]
+    orep = evaluate_stream(other, encoder, matchers, latency=False, step=console.print)
+    report["other_stream"] = {
+        "source": "generated paraphrase / near-miss stream of the fitting sources, seed %d (fitting used %d, %d)"
+                  % (seed + 2, seed, seed + 1),
+        "stream": orep["stream"], "matched": orep["matched"], "at_target": orep["at_target"],
+        "methods": {k: {kk: vv for kk, vv in v.items() if kk != "per_category"} for k, v in orep["methods"].items()}}
     if single is not None:  # the same fitted matchers, the stream embedded as serving embeds a request
         served = evaluate_stream(rows, SinglePrompts(single), matchers, latency=False, step=console.print)
         report["serving_embeddings"] = {
@@ -249,12 +261,16 @@ def plot(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for rule, label in (("global_threshold", "global cosine threshold"),
                         ("per_category_thresholds", "fitted per-category thresholds (shifted)"),
-                        ("verifier", "hit verifier (cutoff shifted)")):
+                        ("verifier", "hit verifier (cutoff shifted)"),
+                        ("verifier_online", "verifier + online per-cluster thresholds (bound swept)")):
         pts = sorted(report["curves"][rule], key=lambda p: p["false_hit_rate"])
         ax.plot([p["false_hit_rate"] for p in pts], [p["hit_rate"] for p in pts], marker=".", label=label)
     mt = report["matched"]
     ax.plot([mt["verifier"]["false_hit_rate"]], [mt["verifier"]["hit_rate"]], "k*", ms=11,
             label="verifier as fitted (cutoffs from fitting data)")
+    if "verifier_online" in mt:
+        ax.plot([mt["verifier_online"]["false_hit_rate"]], [mt["verifier_online"]["hit_rate"]], "r*", ms=11,
+                label="verifier + online, bound 5% (feedback from misses)")
     ax.plot([mt["fitted_global"]["false_hit_rate"]], [mt["fitted_global"]["hit_rate"]], "kx", ms=9,
             label="global threshold fitted on fitting data (%.2f)" % report["methods"]["global_threshold_fitted"]["threshold"])
     ax.axvline(report["target_false_hit_rate"], color="grey", ls="--", lw=1, label="target false-hit rate")
@@ -289,11 +305,12 @@ def main() -> None:
     at = rep["at_target"]
     rows = [[name, (at[name] or {}).get("hit_rate"), (at[name] or {}).get("false_hit_rate"),
              rep["methods"][name]["overall"]["hit_rate"], rep["methods"][name]["overall"]["false_hit_rate"]]
-            for name in ("global_threshold", "per_category_thresholds", "verifier")]
+            for name in ("global_threshold", "per_category_thresholds", "verifier", "verifier_online")]
     table("Cache matching on CLINC150 (fitted elsewhere)",
           ["rule", "hit rate @FHR<=5%", "FHR there", "hit rate (fitted point)", "FHR (fitted point)"], rows,
           caption=f"ratio vs global: per-category {at['hit_rate_ratio_per_category_vs_global']}, "
-                  f"verifier {at['hit_rate_ratio_verifier_vs_global']} (target >= 1.5)")
+                  f"verifier {at['hit_rate_ratio_verifier_vs_global']}, verifier+online "
+                  f"{at['hit_rate_ratio_verifier_online_vs_global']} (target >= 1.5)")
     mt = rep["matched"]
     og = mt["oracle_global_at_verifier_fhr"] or {}
     table("Verifier as fitted vs global thresholds at its realised false-hit rate (CLINC150)",
@@ -305,6 +322,20 @@ def main() -> None:
             og.get("hit_rate"), og.get("false_hit_rate")]],
           caption=f"verifier / oracle global {mt['hit_rate_ratio_verifier_vs_oracle_global']}; verifier / fitted global "
                   f"{mt['hit_rate_ratio_verifier_vs_fitted_global']} (None: the baseline has no hits)")
+    online_rows = []
+    for label, q in (("CLINC150", rep), ("other stream (generated, held out)", rep["other_stream"])):
+        m = q["matched"]
+        for name, what in (("verifier", "static, fitted cutoffs"), ("verifier_online", "online, misses only"),
+                           ("verifier_online_explore", "online, misses + 5% exploration")):
+            row = q["methods"][name]["overall"] if name == "verifier" else m[name]
+            ratio = m["hit_rate_ratio_verifier_vs_oracle_global"] if name == "verifier" \
+                else m[f"hit_rate_ratio_{name}_vs_oracle_global"]
+            fb = q["methods"][name].get("feedback", {})
+            online_rows.append([label, what, row["hit_rate"], row["false_hit_rate"], ratio,
+                                fb.get("explorations", "")])
+    table("Verifier + online per-answer-cluster thresholds vs the oracle global threshold at the same FHR",
+          ["stream", "rule", "hit rate", "FHR", "x oracle global @ same FHR", "explorations"], online_rows,
+          caption="online: bound = 5%, prior = fitted cutoffs, labels only from earlier inserts (target >= 1.5x)")
     sv = rep.get("serving_embeddings")
     if sv is not None:
         table("Same matchers, stream embedded one prompt at a time as served (CLINC150)",
@@ -344,6 +375,9 @@ def main() -> None:
         "redis_lookup_p99_le_2ms": lat["redis"]["p99_ms"] <= 2.0,
         "encoder_p50_le_6ms": enc["p50_ms"] <= 6.0,
         "verifier_as_fitted_fhr_le_5pct": bool(mt["verifier_false_hit_rate_ok"]),
+        "verifier_online_fhr_le_5pct": bool(mt["verifier_online_false_hit_rate_ok"]),
+        "hit_rate_ratio_verifier_online_vs_oracle_global_matched_fhr_ge_1.5":
+            (mt["hit_rate_ratio_verifier_online_vs_oracle_global"] or 0) >= 1.5,
         "hit_rate_ratio_verifier_vs_oracle_global_matched_fhr_ge_1.5":
             (mt["hit_rate_ratio_verifier_vs_oracle_global"] or 0) >= 1.5,
         "hit_rate_ratio_verifier_vs_fitted_global_ge_1.5":

@@ -11,6 +11,11 @@ document store (``router.cache_store``: in-process dict, or Redis shared by ever
   in the policy -- when the verifier accepts it (``router.cache_verifier``);
 * skip: nothing is read or written. Empty prompts and prompts over ``max_prompt_chars`` skip too.
 
+With ``online`` in the policy the semantic tier decides with ``router.cache_online`` instead: per
+answer-cluster thresholds learned from the feedback of earlier inserts (a new entry's answer labels
+the neighbours a lookup of its prompt weighed), so ``insert`` -- i.e. ``Router.remember`` after a
+miss -- is the serving feedback hook and needs no extra call.
+
 Guarantees: a partition never sees another tenant's entries and every served document is checked
 again for tenant, category, context and expiry; entries expire ``ttl_s`` after insertion and a hit
 never extends that; a store failure or a corrupted document is a miss, never an exception.
@@ -41,6 +46,7 @@ from pydantic import Field, ValidationError
 
 from router.cache_features import exact_key, normalise
 from router.cache_index import PartitionIndex
+from router.cache_online import Candidate, OnlineEvidence, OnlineSettings, answer_cluster
 from router.cache_store import CachedDoc, CacheStoreSettings, MemoryDocumentStore, RedisDocumentStore, doc_key
 from router.cache_verifier import HitVerifier, VerifierInfo
 from router.config import RouterConfig, _Frozen
@@ -100,6 +106,7 @@ class CachePolicy(_Frozen):
     load_adaptation: LoadAdaptation = LoadAdaptation()
     max_prompt_chars: int = Field(default=4000, gt=0)
     top_k: int = Field(default=4, gt=0, le=64)
+    online: OnlineSettings | None = None  # learn per-answer-cluster thresholds from feedback (router.cache_online)
     metrics: dict[str, Any] = Field(default_factory=dict)
 
     def for_category(self, category: str) -> CategoryCachePolicy:
@@ -163,6 +170,23 @@ class CacheHit:
 class _Partition:
     index: PartitionIndex | None
     entries: OrderedDict[str, float] = field(default_factory=OrderedDict)  # key -> expires_s, insertion order
+    # online rule only: key -> (answer cluster, context key), entries per cluster, the partition's evidence
+    meta: dict[str, tuple[str, str]] = field(default_factory=dict)
+    cluster_size: dict[str, int] = field(default_factory=dict)
+    evidence: OnlineEvidence | None = None
+
+    def unlink(self, key: str) -> None:
+        """Forget ``key``'s cluster membership; a cluster's evidence goes with its last entry."""
+        m = self.meta.pop(key, None)
+        if m is None:
+            return
+        left = self.cluster_size.get(m[0], 1) - 1
+        if left > 0:
+            self.cluster_size[m[0]] = left
+            return
+        self.cluster_size.pop(m[0], None)
+        if self.evidence is not None:
+            self.evidence.drop(m[0])
 
 
 @dataclass(slots=True)
@@ -171,6 +195,9 @@ class CacheStats:
     exact_hits: int = 0
     semantic_hits: int = 0
     verifier_rejections: int = 0
+    online_rejections: int = 0
+    explorations: int = 0  # accepted hits served as misses to label them (online explore_rate)
+    feedback_pairs: int = 0  # labelled pairs learned from inserts (online)
     skipped_prompts: int = 0
     expired_dropped: int = 0
     evicted: int = 0
@@ -196,6 +223,7 @@ class ResponseCache:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._follow_block_ms = follow_block_ms
+        self._explore = np.random.default_rng(policy.online.seed) if policy.online is not None else None
         if self.store.kind == "redis":
             self.rebuild()
             if follow:
@@ -240,6 +268,7 @@ class ResponseCache:
         doc = CachedDoc(doc_key(tenant, category, exact_key(text, context)), tenant, category, context_key(context),
                         text, answer, model, now_s, now_s + pol.ttl_s, vector)
         self.store.put(doc, pol.ttl_s)
+        self._learn(doc)
         self._adopt(doc)
 
     def rebuild(self) -> int:
@@ -247,7 +276,11 @@ class ResponseCache:
         Returns the number of documents adopted."""
         pos = self.store.stream_position()
         n = 0
-        for doc in self.store.scan():
+        docs = self.store.scan()
+        if self.policy.online is not None:  # replay the feedback in insertion order: evidence = f(entries)
+            docs = iter(sorted(docs, key=lambda d: d.created_s))
+        for doc in docs:
+            self._learn(doc)
             self._adopt(doc)
             n += 1
         self._pos = pos
@@ -264,6 +297,7 @@ class ResponseCache:
         self._pos, keys = res
         docs = [d for d in self.store.get_many(list(dict.fromkeys(keys))) if d is not None]
         for d in docs:
+            self._learn(d)
             self._adopt(d)
         return len(docs)
 
@@ -300,6 +334,8 @@ class ResponseCache:
             return None
         pol = self.policy.for_category(category)
         relax = self.policy.load_adaptation.fraction(load)
+        if self.policy.online is not None:
+            return self._semantic_online(part, tenant, category, text, now_s, ctx, vec, pol, relax)
         use_verifier = self.verifier is not None and pol.verifier_cutoff is not None
         threshold = pol.threshold - relax * self.policy.load_adaptation.max_threshold_relax
         floor = self.verifier.info.candidate_floor if use_verifier else threshold  # type: ignore[union-attr]
@@ -327,6 +363,83 @@ class ResponseCache:
         self.stats.semantic_hits += 1
         self._touch(tenant, category, doc.key)
         return CacheHit(doc.answer, doc.model, sim, "semantic", float(probs[best]))
+
+    # -- online per-cluster thresholds (router.cache_online) ----------------------------------------
+    def _online_params(self, pol: CategoryCachePolicy, relax: float) -> tuple[bool, float, float]:
+        """(use the verifier, prior mean mu0, candidate floor) of the online rule for a category."""
+        la = self.policy.load_adaptation
+        if self.verifier is not None and pol.verifier_cutoff is not None:
+            return True, pol.verifier_cutoff - relax * la.max_cutoff_relax, self.verifier.info.candidate_floor
+        return False, pol.threshold - relax * la.max_threshold_relax, self.policy.online.candidate_floor  # type: ignore[union-attr]
+
+    def _candidates(self, query: str, docs: list[tuple[CachedDoc, float]], category: str,
+                    use_verifier: bool) -> list[Candidate]:
+        probs = (self.verifier.score(query, [d.text for d, _ in docs], [s for _, s in docs], category)  # type: ignore[union-attr]
+                 if use_verifier else [s for _, s in docs])
+        return [Candidate(answer_cluster(d.answer), float(s), float(p)) for (d, s), p in zip(docs, probs)]
+
+    def _semantic_online(self, part: _Partition, tenant: str, category: str, text: str, now_s: float, ctx: str,
+                         vec: np.ndarray, pol: CategoryCachePolicy, relax: float) -> CacheHit | None:
+        online = self.policy.online
+        assert online is not None
+        use_verifier, mu0, floor = self._online_params(pol, relax)
+        with self._lock:
+            keys, sims = part.index.search(vec, max(online.top_k, self.policy.top_k))  # type: ignore[union-attr]
+        cands = [(k, s) for k, s in zip(keys, sims) if s >= floor]
+        if not cands:
+            return None
+        docs = self._fetch([k for k, _ in cands], tenant, category, now_s)
+        valid = [(d, s) for d, (_, s) in zip(docs, cands) if d is not None and d.context_key == ctx]
+        if not valid:
+            return None
+        cand = self._candidates(text, valid, category, use_verifier)
+        with self._lock:
+            ev = part.evidence if part.evidence is not None else OnlineEvidence(online)
+            best, probs = ev.decide(cand, mu0, floor)
+        if best is None:
+            self.stats.online_rejections += 1
+            return None
+        if online.explore_rate > 0 and self._explore is not None:
+            with self._lock:
+                explore = self._explore.random() < online.explore_rate
+            if explore:
+                self.stats.explorations += 1  # served as a miss: the model's answer labels this candidate
+                return None
+        doc, sim = valid[best]
+        self.stats.semantic_hits += 1
+        self._touch(tenant, category, doc.key)
+        return CacheHit(doc.answer, doc.model, sim, "semantic", probs[best])
+
+    def _learn(self, doc: CachedDoc) -> None:
+        """Online feedback of one new entry: its answer vs the answers of the entries a lookup of its
+        prompt would have weighed (its live nearest neighbours, same context) -- labelled pairs."""
+        online = self.policy.online
+        if online is None or doc.vector is None or doc.vector.shape != (self.dim,):
+            return
+        use_verifier, _, floor = self._online_params(self.policy.for_category(doc.category), 0.0)
+        with self._lock:
+            part = self._parts.get((doc.tenant, doc.category))
+            if part is None or part.index is None or not len(part.index) or doc.key in part.meta:
+                return  # nothing to compare with, or already learned (e.g. our own insert echoed by the stream)
+            keys, sims = part.index.search(doc.vector, max(online.top_k, self.policy.top_k))
+            near = [(k, float(s), part.meta[k][0]) for k, s in zip(keys, sims)
+                    if s >= floor and k != doc.key and k in part.meta and part.meta[k][1] == doc.context_key
+                    and part.entries.get(k, 0.0) > doc.created_s]
+        if not near:
+            return
+        if use_verifier:  # the verifier reads the neighbours' prompts: fetch them (outside the lock)
+            found = self.store.get_many([k for k, _, _ in near])
+            live = [(d, s) for d, (_, s, _) in zip(found, near) if d is not None]
+            cand = self._candidates(doc.text, live, doc.category, True) if live else []
+        else:
+            cand = [Candidate(c, s, s) for _, s, c in near]
+        if not cand:
+            return
+        with self._lock:
+            if part.evidence is None:
+                part.evidence = OnlineEvidence(online)
+            part.evidence.observe(answer_cluster(doc.answer), cand, floor)
+            self.stats.feedback_pairs += len(cand)
 
     def _fetch(self, keys: list[str], tenant: str, category: str, now_s: float) -> list[CachedDoc | None]:
         """Documents that may be served: right tenant/category and not expired; the rest are None
@@ -363,6 +476,11 @@ class ResponseCache:
                 part = self._parts[(doc.tenant, doc.category)] = _Partition(None)
             part.entries.pop(doc.key, None)
             part.entries[doc.key] = doc.expires_s
+            if self.policy.online is not None:
+                part.unlink(doc.key)
+                cl = answer_cluster(doc.answer)
+                part.meta[doc.key] = (cl, doc.context_key)
+                part.cluster_size[cl] = part.cluster_size.get(cl, 0) + 1
             if doc.vector is not None and doc.vector.shape == (self.dim,):
                 if part.index is None:
                     part.index = PartitionIndex(self.dim, background=self.background_index_builds)
@@ -378,6 +496,7 @@ class ResponseCache:
                 else:
                     break
                 part.entries.popitem(last=False)
+                part.unlink(first_key)
                 if part.index is not None:
                     part.index.remove(first_key)
                 evicted.append(first_key)
@@ -390,6 +509,7 @@ class ResponseCache:
             if part is not None:
                 for k in keys:
                     part.entries.pop(k, None)
+                    part.unlink(k)
                     if part.index is not None:
                         part.index.remove(k)
         if delete:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from router.cache_features import feature_matrix, normalise
+from router.cache_online import Candidate, OnlineEvidence, OnlineSettings
 
 
 @dataclass(slots=True)
@@ -135,6 +136,68 @@ def verifier_rule(cutoffs: dict[str, float] | float, ps: PreparedStream, floor: 
         return j if p >= c else None
 
     return accept
+
+
+@dataclass(slots=True)
+class OnlineRun:
+    """What ``online_replay`` did: the result, each item's decision (-1 = miss, else the served
+    item), and the feedback it used."""
+
+    result: ReplayResult
+    decisions: list[int]
+    explorations: int
+    feedback_pairs: int
+
+
+def online_replay(ps: PreparedStream, settings: OnlineSettings, mu0: dict[str, float], floor: float, *,
+                  use_verifier: bool, max_error: float | None = None) -> OnlineRun:
+    """The stream through ``router.cache_online`` (the rule ``ResponseCache`` runs with ``online``):
+    candidates = the ``top_k`` nearest inserted items above ``floor``, prior score = the verifier's
+    probability (``ps._probs``, see ``verifier_probs``) or the cosine; on a miss (or an exploration)
+    the item is inserted and its answer id labels its candidates -- the only feedback used, so every
+    decision depends on earlier items only. ``mu0``: the static cutoff (or threshold) per category."""
+    rng = np.random.default_rng(settings.seed)
+    inserted = np.zeros(len(ps.texts), dtype=bool)
+    exact: dict[tuple[str, str], int] = {}
+    evidence: dict[str, OnlineEvidence] = {}
+    n: dict[str, int] = {}
+    hits: dict[str, int] = {}
+    false: dict[str, int] = {}
+    decisions: list[int] = []
+    explored = pairs = 0
+    for i, cat in enumerate(ps.categories):
+        n[cat] = n.get(cat, 0) + 1
+        ev = evidence.setdefault(cat, OnlineEvidence(settings))
+        j = exact.get((cat, ps.norm[i]))
+        cands: list[Candidate] = []
+        idx: list[int] = []
+        if j is None:
+            for jj, s in zip(ps.neighbours[i], ps.sims[i]):
+                if jj < 0 or len(idx) == settings.top_k:
+                    break
+                if inserted[jj] and s >= floor:
+                    idx.append(int(jj))
+                    cands.append(Candidate(ps.answer_ids[jj], float(s),
+                                           ps._probs.get((i, int(jj)), 0.0) if use_verifier else float(s)))
+            if cands:
+                best, _ = ev.decide(cands, mu0[cat], floor, max_error)
+                j = idx[best] if best is not None else None
+                if j is not None and settings.explore_rate > 0 and rng.random() < settings.explore_rate:
+                    explored += 1
+                    j = None
+        if j is None:
+            decisions.append(-1)
+            inserted[i] = True
+            exact.setdefault((cat, ps.norm[i]), i)
+            if cands:
+                ev.observe(ps.answer_ids[i], cands, floor)
+                pairs += len(cands)
+            continue
+        decisions.append(int(j))
+        hits[cat] = hits.get(cat, 0) + 1
+        if ps.answer_ids[j] != ps.answer_ids[i]:
+            false[cat] = false.get(cat, 0) + 1
+    return OnlineRun(ReplayResult(n, hits, false), decisions, explored, pairs)
 
 
 def pair_examples(ps: PreparedStream, taxonomy: Sequence[str], *, floor: float = 0.3,

@@ -39,6 +39,7 @@ import numpy as np
 
 from router.cache import CachePolicy, CategoryCachePolicy, EncoderFiles, LoadAdaptation, ResponseCache
 from router.cache_features import PAIR_FEATURES, normalise
+from router.cache_online import OnlineSettings
 from router.cache_verifier import HitVerifier, VerifierInfo
 from router.config import RouterConfig
 from router.onnx_session import make_session
@@ -292,8 +293,11 @@ def _measure(cache: ResponseCache, cat: str, prompts: list[str], tenants: list[s
 
 
 def train_cache(logs: str | Path, cfg: RouterConfig, out: str | Path, *, fit_rows: Sequence[dict[str, object]] | None = None,
-                shared_dir: Path | None = None, seed: int = 0, step: Step = lambda _: None) -> CachePolicy:
-    """Fit and write ``cache_policy.json`` + ``cache_verifier.onnx`` + the encoder files + a report."""
+                shared_dir: Path | None = None, seed: int = 0, online: bool = False,
+                step: Step = lambda _: None) -> CachePolicy:
+    """Fit and write ``cache_policy.json`` + ``cache_verifier.onnx`` + the encoder files + a report.
+    ``online``: the policy enables ``router.cache_online`` (per-answer-cluster thresholds learned from
+    miss feedback while serving; the fitted cutoffs are its prior, the target false-hit rate its bound)."""
     from router.log_schema import read_logs
     from training.classifier import ENCODER_FILE, ENCODER_MAX_LENGTH, TOKENIZER_FILE, encoder_source_files, load_encoder
 
@@ -312,7 +316,8 @@ def train_cache(logs: str | Path, cfg: RouterConfig, out: str | Path, *, fit_row
         verifier=matchers.verifier_info, encoder=EncoderFiles(max_length=ENCODER_MAX_LENGTH, embedding=encoder.embedding),
         load_adaptation=LoadAdaptation(start=s.load_relax_start, max_threshold_relax=s.max_threshold_relax,
                                        max_cutoff_relax=s.max_cutoff_relax),
-        max_prompt_chars=s.max_prompt_chars, metrics={"matching": matchers.metrics})
+        max_prompt_chars=s.max_prompt_chars, metrics={"matching": matchers.metrics},
+        online=OnlineSettings(max_error=s.target_false_hit_rate) if online else None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cache_policy.json").write_text(policy.model_dump_json(indent=2), encoding="utf-8")

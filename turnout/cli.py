@@ -127,7 +127,7 @@ def cmd_train_cache(a: argparse.Namespace) -> int:
     cfg = load_config(a.config, RouterConfig)
     fit_rows = read_stream(a.fit_stream) if a.fit_stream else None
     shared = Path(a.shared_dir) if a.shared_dir and Path(a.shared_dir).is_dir() else None
-    policy = train_cache(Path(a.logs), cfg, Path(a.out), fit_rows=fit_rows, shared_dir=shared, seed=a.seed,
+    policy = train_cache(Path(a.logs), cfg, Path(a.out), fit_rows=fit_rows, shared_dir=shared, seed=a.seed, online=a.online,
                          step=lambda m: print(m, file=sys.stderr))
     if a.bundle:
         from router.bundle import load_bundle
@@ -403,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     tca.add_argument("--bundle", default=None, help="also write a copy of this bundle with the new cache policy")
     tca.add_argument("--bundle-out", default=None, help="where that copy goes (default: BUNDLE-cache)")
     tca.add_argument("--seed", type=int, default=0)
+    tca.add_argument("--online", action="store_true",
+                     help="serve with online per-answer-cluster thresholds learned from miss feedback "
+                          "(router.cache_online; error bound = the config's target false-hit rate)")
     tca.set_defaults(func=cmd_train_cache)
 
     ab = sub.add_parser("ab", help="A/B experiments")
@@ -497,13 +500,17 @@ insert). A hit is false when the cached row's answer_id differs. REPORT.json key
                     global_threshold (best single threshold, chosen on this stream: oracle baseline),
                     per_category_thresholds (fitted), verifier (fitted ONNX hit verifier),
                     global_threshold_fitted (one threshold fitted on held-out fitting data:
-                    honest baseline); plus threshold / thresholds / cutoffs used
-  curves.<rule>     [{threshold|shift|cutoff_shift, hit_rate, false_hit_rate, correct_hit_rate}]
+                    honest baseline), verifier_online (per-answer-cluster thresholds learned
+                    online from miss feedback, router.cache_online) and verifier_online_explore
+                    (+ exploration); plus threshold / thresholds / cutoffs / settings used and,
+                    for the online rows, `feedback` (what they learned from, explorations)
+  curves.<rule>     [{threshold|shift|cutoff_shift|max_error, hit_rate, false_hit_rate, correct_hit_rate}]
   at_target         best point of each curve with false_hit_rate <= --target-false-hit-rate, and
-                    hit_rate_ratio_{per_category,verifier}_vs_global
-  matched           the verifier as fitted vs the oracle global threshold at the verifier's
-                    realised false_hit_rate and vs global_threshold_fitted, with hit-rate ratios
-  latency_ms        lookup_p50, lookup_p99 (real cache, excluding the encoder), encoder_p50, entries
+                    hit_rate_ratio_{per_category,verifier,verifier_online}_vs_global
+  matched           the verifier as fitted (and each online row) vs the oracle global threshold at
+                    its realised false_hit_rate, and vs global_threshold_fitted, with hit-rate ratios
+  latency_ms        lookup_p50, lookup_p99 (real cache, excluding the encoder), encoder_p50, entries;
+                    online: the online rule on the real cache (lookup/insert p50/p99, agreement)
   fitting           what the fitted rules were trained on
 Fitting never uses the evaluated stream: --policy DIR (from `turnout train cache`), or fitted now on
 generated data.""")
