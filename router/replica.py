@@ -11,6 +11,8 @@ Serve ``RequestRouter`` (stats from each replica's ``record_routing_stats``). St
 ``waiting_tokens``   prompt tokens still to prefill (admitted remainder + queued, net of prefix-cache hits)
 ``kv_used_frac``     ``running_tokens / kv_capacity_tokens``
 ``kv_capacity_tokens`` KV capacity in tokens
+``queued_kv_tokens`` KV tokens the queued (not admitted) requests will reserve (prompt + output each): with
+                     ``kv_free_tokens`` it tells whether a new request's KV fits or it waits for decodes to end
 ``step_ms``          duration of the engine step in progress (of a minimal step when idle): speed signal
 ``prefix_summary``   optional; container of cached block hashes (``in`` is all that is used); replicas send
                      the compact list of hashes at ``PREFIX_CHECKPOINTS`` positions only
@@ -54,11 +56,14 @@ def _checkpoints(limit: int = 1 << 22) -> tuple[int, ...]:
 PREFIX_CHECKPOINTS: tuple[int, ...] = _checkpoints()
 
 STATS_KEYS: tuple[str, ...] = ("num_ongoing", "num_waiting", "running_tokens", "waiting_tokens", "kv_used_frac",
-                               "kv_capacity_tokens", "step_ms")
-REPLICA_FEATURE_VERSION = "replica-v1"
+                               "kv_capacity_tokens", "step_ms", "queued_kv_tokens")
+REPLICA_FEATURE_VERSION = "replica-v2"
 REPLICA_FEATURE_NAMES: tuple[str, ...] = (
     "num_ongoing", "num_waiting", "running_tokens", "waiting_tokens", "kv_used_frac", "kv_free_tokens", "step_ms",
-    "input_tokens", "prefix_hit_tokens", "uncached_tokens", "work_ahead_tokens", "work_ahead_token_s")
+    "queued_kv_tokens",
+    "input_tokens", "prefix_hit_tokens", "uncached_tokens", "work_ahead_tokens", "work_ahead_token_s",
+    "kv_need_frac", "kv_excess_tokens")
+N_REQUEST = 7  # the last seven features depend on the request
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,15 +136,16 @@ def has_stats(stats: Mapping[str, Any] | None) -> bool:
     return bool(stats) and all(k in stats for k in STATS_KEYS)  # type: ignore[union-attr]
 
 
-ReplicaState = tuple[float, float, float, float, float, float, float]
-N_STATE = 7  # the first seven features depend on the replica only
+ReplicaState = tuple[float, float, float, float, float, float, float, float]
+N_STATE = 8  # the first eight features depend on the replica only
 
 
 def replica_state(stats: Mapping[str, Any], sent: int = 0, sent_tokens: int = 0) -> ReplicaState:
     """The request-independent features (the first ``N_STATE`` of ``REPLICA_FEATURE_NAMES``).
 
     ``sent``/``sent_tokens``: requests (and their uncached prompt tokens) the caller sent this replica
-    after ``stats`` was taken; they count as waiting (see ``serving.replica_router``).
+    after ``stats`` was taken; they count as waiting, and their tokens as queued KV (a lower bound: the
+    router knows neither their cached part nor their output; see ``serving.replica_router``).
 
     Raises:
         KeyError: a key of ``STATS_KEYS`` is missing (check ``has_stats`` first).
@@ -147,7 +153,8 @@ def replica_state(stats: Mapping[str, Any], sent: int = 0, sent_tokens: int = 0)
     running = float(stats["running_tokens"])
     return (float(stats["num_ongoing"]), float(stats["num_waiting"]) + sent, running,
             float(stats["waiting_tokens"]) + sent_tokens, float(stats["kv_used_frac"]),
-            float(stats["kv_capacity_tokens"]) - running, float(stats["step_ms"]))
+            float(stats["kv_capacity_tokens"]) - running, float(stats["step_ms"]),
+            float(stats["queued_kv_tokens"]) + sent_tokens)
 
 
 def features_from_states(states: Any, hit_tokens: Any, input_tokens: Any) -> np.ndarray:
@@ -163,16 +170,23 @@ def features_from_states(states: Any, hit_tokens: Any, input_tokens: Any) -> np.
         ``prefix_hit_tokens``, ``uncached_tokens = max(input - hit, 1)``, ``work_ahead_tokens =
         waiting_tokens + uncached`` and ``work_ahead_token_s = work_ahead_tokens * step_ms / 1000`` --
         prefill work ahead priced at the replica's current speed (a slow or busy replica's steps are
-        longer), so the trees need not learn the product from its two factors.
+        longer), so the trees need not learn the product from its two factors -- then ``kv_need_frac =
+        (queued_kv_tokens + input) * (1 / max(kv_free_tokens, 1))`` and ``kv_excess_tokens =
+        (queued_kv_tokens - kv_free_tokens) + input``: KV the request and the queue ahead of it need
+        beyond what is free (negative: headroom). A request whose KV does not fit waits (head-of-line)
+        until running requests finish decoding -- seconds on a long-context trace, and invisible in the
+        prefill work (the largest rank errors of ``replica-v1`` on Mooncake were such requests).
     """
     st = np.asarray(states, dtype=np.float64).reshape(-1, N_STATE)
     x = np.empty((st.shape[0], len(REPLICA_FEATURE_NAMES)), dtype=np.float64)
     x[:, :N_STATE] = st
-    x[:, 7] = input_tokens
-    x[:, 8] = hit_tokens
-    np.maximum(x[:, 7] - x[:, 8], 1.0, out=x[:, 9])
-    np.add(st[:, 3], x[:, 9], out=x[:, 10])
-    np.multiply(x[:, 10], st[:, 6] / 1000.0, out=x[:, 11])
+    x[:, 8] = input_tokens
+    x[:, 9] = hit_tokens
+    np.maximum(x[:, 8] - x[:, 9], 1.0, out=x[:, 10])
+    np.add(st[:, 3], x[:, 10], out=x[:, 11])
+    np.multiply(x[:, 11], st[:, 6] / 1000.0, out=x[:, 12])
+    np.multiply(st[:, 7] + x[:, 8], 1.0 / np.maximum(st[:, 5], 1.0), out=x[:, 13])
+    np.add(st[:, 7] - st[:, 5], x[:, 8], out=x[:, 14])
     return x.astype(np.float32)
 
 
@@ -181,29 +195,31 @@ _add, _mul = np.add, np.multiply
 
 class FeatureRows:
     """``features_from_states`` for one set of replica states, preallocated: the float32 rows ``x`` hold
-    the state columns, and ``fill`` rewrites only the request columns (7..11) in place.
+    the state columns, and ``fill`` rewrites only the request columns (the last ``N_REQUEST``) in place.
 
     The serving hot path (``serving.replica_router``): a decision costs three numpy calls instead of
-    building a matrix, and ``x`` can stay bound to an ONNX session (``ReplicaScorer.bind``). The five
-    request columns are ``(add + request) * mul`` in float64, cast once into ``x[:, 7:12]``, with
-    ``add = [0, 0, 0, waiting_tokens, waiting_tokens]`` and ``mul = [1, 1, 1, 1, step_ms / 1000]`` per
-    row and ``request = [input, hit, uncached, uncached, uncached]``: adding 0 and multiplying by 1 are
-    exact, so values are bitwise those of ``features_from_states`` (the same float64 arithmetic, one
-    cast to float32; ``tests/unit/test_replica_router.py`` pins it).
+    building a matrix, and ``x`` can stay bound to an ONNX session (``ReplicaScorer.bind``). The seven
+    request columns are ``(add + request) * mul`` in float64, cast once into ``x``, with per row
+    ``add = [0, 0, 0, W, W, Q, Q - F]``, ``mul = [1, 1, 1, 1, step_ms / 1000, 1 / max(F, 1), 1]`` (W
+    waiting tokens, Q queued KV tokens, F free KV tokens) and ``request = [input, hit, uncached,
+    uncached, uncached, input, input]``: adding 0 and multiplying by 1 are exact, so values are bitwise
+    those of ``features_from_states`` (the same float64 arithmetic, one cast to float32;
+    ``tests/unit/test_replica_router.py`` pins it).
     """
 
-    __slots__ = ("x", "_out", "_add", "_mul", "_req", "_rows", "_tmp", "_last")
+    __slots__ = ("x", "_out", "_add", "_mul", "_req", "_rows", "_tmp", "_free", "_last")
 
     def __init__(self, states: Any) -> None:
         st = np.asarray(states, dtype=np.float64).reshape(-1, N_STATE)
         n = st.shape[0]
         self.x = np.zeros((n, len(REPLICA_FEATURE_NAMES)), dtype=np.float32)
         self._out = self.x[:, N_STATE:]  # the request columns, a view written by np.multiply(out=)
-        self._add = np.zeros((n, 5), dtype=np.float64)
-        self._mul = np.ones((n, 5), dtype=np.float64)
-        self._req = np.zeros(5, dtype=np.float64)  # one request row, broadcast (no prefix hit anywhere)
-        self._rows = np.zeros((n, 5), dtype=np.float64)  # per-row request values (prefix hits differ)
-        self._tmp = np.empty((n, 5), dtype=np.float64)
+        self._add = np.zeros((n, N_REQUEST), dtype=np.float64)
+        self._mul = np.ones((n, N_REQUEST), dtype=np.float64)
+        self._req = np.zeros(N_REQUEST, dtype=np.float64)  # one request row, broadcast (no prefix hit anywhere)
+        self._rows = np.zeros((n, N_REQUEST), dtype=np.float64)  # per-row request values (prefix hits differ)
+        self._tmp = np.empty((n, N_REQUEST), dtype=np.float64)
+        self._free = np.zeros(n, dtype=np.float64)
         self._last: float | None = None  # input_tokens held in _req
         self.set_states(st)
 
@@ -211,25 +227,33 @@ class FeatureRows:
         """Replace the state columns (same shape as at construction)."""
         st = np.asarray(states, dtype=np.float64).reshape(-1, N_STATE)
         self.x[:, :N_STATE] = st
-        self._add[:, 3] = st[:, 3]
-        self._add[:, 4] = st[:, 3]
+        self._free[:] = st[:, 5]
         self._mul[:, 4] = st[:, 6] / 1000.0
+        self._mul[:, 5] = 1.0 / np.maximum(st[:, 5], 1.0)
+        self.set_queued(st[:, 1], st[:, 3], st[:, 7])
 
-    def set_queued(self, num_waiting: np.ndarray, waiting_tokens: np.ndarray) -> None:
-        """Replace only the ``num_waiting`` and ``waiting_tokens`` columns (float64 ``(n,)``)."""
-        self.x[:, 1] = num_waiting
-        self.x[:, 3] = waiting_tokens
-        self._add[:, 3] = waiting_tokens
-        self._add[:, 4] = waiting_tokens
+    def set_queued(self, num_waiting: np.ndarray, waiting_tokens: np.ndarray, queued_kv_tokens: np.ndarray) -> None:
+        """Replace only the ``num_waiting``, ``waiting_tokens`` and ``queued_kv_tokens`` columns (float64 ``(n,)``)."""
+        x, add = self.x, self._add
+        x[:, 1] = num_waiting
+        x[:, 3] = waiting_tokens
+        x[:, 7] = queued_kv_tokens
+        add[:, 3] = waiting_tokens
+        add[:, 4] = waiting_tokens
+        add[:, 5] = queued_kv_tokens
+        np.subtract(queued_kv_tokens, self._free, out=add[:, 6])
 
-    def set_queued_row(self, i: int, num_waiting: float, waiting_tokens: float) -> None:
+    def set_queued_row(self, i: int, num_waiting: float, waiting_tokens: float, queued_kv_tokens: float) -> None:
         """``set_queued`` for row ``i`` only."""
         x = self.x
         x[i, 1] = num_waiting
         x[i, 3] = waiting_tokens
+        x[i, 7] = queued_kv_tokens
         add = self._add
         add[i, 3] = waiting_tokens
         add[i, 4] = waiting_tokens
+        add[i, 5] = queued_kv_tokens
+        add[i, 6] = queued_kv_tokens - self._free[i]
 
     def fill(self, hit_tokens: Sequence[int] | None, input_tokens: int) -> np.ndarray:
         """Write the request columns for a request of ``input_tokens`` with ``hit_tokens`` per row (``None``:
@@ -239,7 +263,7 @@ class FeatureRows:
             req = self._req
             if n_in != self._last:
                 u = n_in if n_in > 1.0 else 1.0
-                req[0] = n_in
+                req[0] = req[5] = req[6] = n_in
                 req[2] = req[3] = req[4] = u
                 self._last = n_in
         else:
@@ -250,6 +274,8 @@ class FeatureRows:
             np.maximum(n_in - hits, 1.0, out=req[:, 2])
             req[:, 3] = req[:, 2]
             req[:, 4] = req[:, 2]
+            req[:, 5] = n_in
+            req[:, 6] = n_in
         tmp = self._tmp
         _add(self._add, req, tmp)  # positional out: no keyword parsing
         _mul(tmp, self._mul, tmp)

@@ -80,9 +80,9 @@ class LearnedReplicaRouter(SafeRequestRouter):
       prompt size and block hashes come from the call's first argument (a chat body or a prompt).
     * Stats arrive every ``request_routing_stats_period_s`` and are stale in between, so requests this
       router sent a replica after its snapshot (``ts``) and that have not completed yet are added to
-      that replica's ``num_waiting`` and ``waiting_tokens`` -- otherwise every caller would pile onto
-      the replica that looked idle (and, without the completion check, a fast replica that finished
-      them would look busier than a slow one).
+      that replica's ``num_waiting``, ``waiting_tokens`` and ``queued_kv_tokens`` -- otherwise every
+      caller would pile onto the replica that looked idle (and, without the completion check, a fast
+      replica that finished them would look busier than a slow one).
     * Pow-2 fallback (counted in ``n_fallbacks``) whenever a candidate has no or partial stats (replica
       just started; a backend without an engine model) or the scorer failed to load (logged once at
       start: a missing or mismatched ``replicas.onnx`` never takes the deployment down).
@@ -259,7 +259,7 @@ class _Batch:
     the feature rows bound to the scorer (rebuilt when a candidate or a stats object changes)."""
 
     __slots__ = ("cands", "stats", "snaps", "ids", "index", "summaries", "present", "states", "rows", "predict",
-                 "_waiting", "_tokens")
+                 "_waiting", "_tokens", "_queued_kv")
 
     def __init__(self, cands: list[RunningReplica], stats: list[Any], snaps: list[_Snap], scorer: ReplicaScorer) -> None:
         self.cands, self.stats, self.snaps = cands, stats, snaps
@@ -272,7 +272,8 @@ class _Batch:
         self.predict = scorer.bind(self.rows.x)
         self._waiting = self.states[:, 1].copy()  # num_waiting and waiting_tokens with the sends since the snapshots
         self._tokens = self.states[:, 3].copy()
-        self.rows.set_queued(self._waiting, self._tokens)
+        self._queued_kv = self.states[:, 7].copy()  # sends count as queued KV too (``replica_state``)
+        self.rows.set_queued(self._waiting, self._tokens, self._queued_kv)
 
     def add_sends(self, counts: list[Any]) -> None:
         """Add ``counts[i] = (requests, tokens)`` sent replica ``i`` since its snapshot (at build)."""
@@ -287,4 +288,5 @@ class _Batch:
         """
         self._waiting[i] += n
         self._tokens[i] += tokens
-        self.rows.set_queued_row(i, self._waiting[i], self._tokens[i])
+        self._queued_kv[i] += tokens
+        self.rows.set_queued_row(i, self._waiting[i], self._tokens[i], self._queued_kv[i])

@@ -12,6 +12,8 @@ The model, per replica (vLLM-style continuous batching with chunked prefill, FCF
   ``input - 1``: the last prompt token is always recomputed). The cache is an LRU over block hashes
   holding ``prefix_cache_blocks`` blocks, a pool separate from the running requests' KV (the
   HBM-free-pool + host-DRAM tier of Mooncake); a request's blocks enter it when its prefill finishes.
+  (A simulator that knows the trace may have blocks that nobody asks for again kept as one anonymous
+  run of the same size: ``submit``'s ``dead_from``.)
 * **Steps.** Every step decodes one token for each of the ``n_dec`` decoding sequences and spends the
   rest of the token budget, ``max_batch_tokens - n_dec``, on prefill chunks taken FCFS across the
   admitted requests' uncached prompt tokens. A step lasts
@@ -40,7 +42,8 @@ Example (hand-computed; ``tests/unit/test_engine.py`` has more)::
 
     >>> cfg = EngineConfig(step_base_s=0.01, prefill_s_per_token=1e-4, decode_s_per_seq=0.0,
     ...                    decode_s_per_ctx_token=0.0)
-    >>> e = ReplicaEngine(cfg); e.submit(0.0, 0, 1000, 1, ())
+    >>> e = ReplicaEngine(cfg); e.submit(0.0, 0, 1000, 1, ())  # it planned a run
+    True
     >>> e.run_until(1.0); round(e.first[0], 6)  # one step: 0.01 + 1000 * 1e-4
     0.11
 """
@@ -110,8 +113,8 @@ class ReplicaEngine:
 
     __slots__ = ("cfg", "first", "done", "estimate_waiting", "t0", "dt", "P", "K", "D", "version", "waiting",
                  "waiting_tokens", "prefilling", "pf_total", "dec", "n_dec", "ctx_dec", "kv_used", "n_admitted",
-                 "cache", "n_prefill_tokens", "n_hit_tokens", "n_output_tokens", "n_requests", "busy_s", "_budget",
-                 "_max_seqs", "_kv_cap", "_block", "_cache_cap", "_base", "_s_seq", "_s_ctx", "_s_tok", "_slow")
+                 "cache", "cache_blocks", "n_prefill_tokens", "n_hit_tokens", "n_output_tokens", "n_requests", "busy_s",
+                 "_budget", "_max_seqs", "_kv_cap", "_block", "_cache_cap", "_base", "_s_seq", "_s_ctx", "_s_tok", "_slow")
 
     def __init__(self, cfg: EngineConfig | None = None, first: Any = None, done: Any = None, *,
                  estimate_waiting: bool = True) -> None:
@@ -126,15 +129,20 @@ class ReplicaEngine:
         self._base, self._s_seq, self._s_ctx = cfg.step_base_s, cfg.decode_s_per_seq, cfg.decode_s_per_ctx_token
         self._s_tok, self._slow = cfg.prefill_s_per_token, cfg.slowdown
         self.t0, self.dt, self.P, self.K, self.D, self.version = 0.0, 0.0, 0, 0, 0, 0
-        # waiting: [rid, input, output, hashes, estimated uncached tokens, kv tokens to reserve]
+        # waiting: [rid, input, output, hashes, estimated uncached tokens, kv tokens to reserve, fresh_from,
+        #           dead_from] (``submit``)
         self.waiting: deque[list[Any]] = deque()
         self.waiting_tokens = 0
-        # prefilling: [rid, remaining uncached tokens, input, output, hashes, prefix blocks hit, kv] (FCFS)
+        # prefilling: [rid, remaining uncached tokens, input, output, hashes, prefix blocks hit, kv, fresh_from,
+        #              dead_from] (FCFS)
         self.prefilling: deque[list[Any]] = deque()
         self.pf_total = 0
         self.dec: list[tuple[int, int, int, int]] = []  # (decode clock at finish, rid, kv tokens, prompt tokens)
         self.n_dec = self.ctx_dec = self.kv_used = self.n_admitted = 0
-        self.cache: OrderedDict[int, int] = OrderedDict()  # block hash -> block position in its prompt
+        # block hash -> block position in its prompt; or, under an ``_Anon`` key, minus the length of an
+        # anonymous run of blocks (see ``submit``'s ``dead_from``). LRU order, most recent last.
+        self.cache: OrderedDict[Any, int] = OrderedDict()
+        self.cache_blocks = 0  # blocks held by the cache (keyed + anonymous) <= prefix_cache_blocks
         self.n_prefill_tokens = self.n_hit_tokens = self.n_output_tokens = self.n_requests = 0
         self.busy_s = 0.0  # engine time spent stepping
 
@@ -150,8 +158,25 @@ class ReplicaEngine:
         return self.t0 + self.K * self.dt if self.K else INF
 
     def submit(self, now: float, rid: int, input_tokens: int, output_tokens: int,
-               prefix_hashes: Sequence[int] = ()) -> None:
-        """A request arrives at ``now`` (after every event up to ``now`` has run; see ``run_until``)."""
+               prefix_hashes: Sequence[int] = (), fresh_from: int | None = None,
+               dead_from: int | None = None) -> bool:
+        """A request arrives at ``now`` (after every event up to ``now`` has run; see ``run_until``).
+
+        A simulator that knows the whole trace may pass two facts about ``prefix_hashes`` (results are
+        identical with or without them; ``training.replica_sim.block_reuse`` computes them):
+
+        * ``fresh_from``: no earlier request holds the blocks at positions ``>= fresh_from``, so no cache
+          can hold them before this request's prefill ends (later requests are admitted after it: FCFS);
+          their lookups are skipped.
+        * ``dead_from``: no later request holds the blocks at positions ``>= dead_from``, so no cache is
+          asked about them once this request's prefill ends; they are cached as one anonymous run that
+          takes the same LRU capacity in the same order: one cache operation instead of an insert and an
+          eviction per block. They must be distinct and absent from the positions below ``dead_from``.
+
+        Both are positions in ``[0, len(prefix_hashes)]``; ``None`` means ``len(prefix_hashes)`` (nothing known).
+
+        Returns True if the current run was re-planned (``event_s`` changed; ``version`` counts these).
+        """
         self.n_requests += 1
         n_in, n_out = int(input_tokens), int(output_tokens)
         if n_in < 1:
@@ -159,7 +184,9 @@ class ReplicaEngine:
         if n_out < 1:
             n_out = 1
         est = n_in
-        if prefix_hashes and self._cache_cap and self.estimate_waiting:  # leading cached blocks (hit <= input - 1)
+        n_blocks = len(prefix_hashes)
+        fresh = n_blocks if fresh_from is None else fresh_from
+        if fresh and self._cache_cap and self.estimate_waiting:  # leading cached blocks (hit <= input - 1)
             cache, k = self.cache, 0
             for h in prefix_hashes:
                 if h not in cache:
@@ -172,19 +199,40 @@ class ReplicaEngine:
         self.waiting_tokens += est
         waiting = self.waiting
         was_empty = not waiting
-        waiting.append([rid, n_in, n_out, prefix_hashes, est, need])
-        if not self.K:  # idle: the request starts a run now
+        waiting.append([rid, n_in, n_out, prefix_hashes, est, need, fresh,
+                        n_blocks if dead_from is None else dead_from])
+        K = self.K
+        if not K:  # idle: the request starts a run now
             self.t0 = now
             self._plan()
-            return
-        if now > self.t0:
-            self.sync(now)
-        if now <= self.t0:  # the step starts right now: re-plan it with this request in the batch
+            self.version += 1
+            return True
+        t0 = self.t0
+        if now > t0:  # self.sync(now), inlined (once per request)
+            dt = self.dt
+            k = int((now - t0) / dt)
+            if k >= K:
+                k = K - 1
+            if k > 0:
+                self.t0 = t0 = t0 + k * dt
+                self.busy_s += k * dt
+                self.K = K = K - k
+                self.D += k
+                P = self.P
+                if P:
+                    self.prefilling[0][1] -= k * P
+                    self.pf_total -= k * P
+                    self.n_prefill_tokens += k * P
+                self.n_output_tokens += k * self.n_dec
+        if now <= t0:  # the step starts right now: re-plan it with this request in the batch
             self._plan()
-            return
-        if was_empty and self.K > 1 and self.n_admitted < self._max_seqs and self.kv_used + need <= self._kv_cap:
+            self.version += 1
+            return True
+        if was_empty and K > 1 and self.n_admitted < self._max_seqs and self.kv_used + need <= self._kv_cap:
             self.K = 1  # re-plan at the end of the step in progress, where the request joins
             self.version += 1
+            return True
+        return False
 
     def run_until(self, now: float) -> None:
         """Run every event that ends at or before ``now``; then sync whole steps up to ``now``."""
@@ -235,10 +283,10 @@ class ReplicaEngine:
             self.kv_used, self.ctx_dec, self.n_dec = kv_used, ctx_dec, n_left
         if finished:
             first, cache_on, push = self.first, self._cache_cap, heapq.heappush
-            for rid, _, n_in, n_out, hashes, n_hit_blocks, need in finished:
+            for rid, _, n_in, n_out, hashes, n_hit_blocks, need, fresh, dead in finished:
                 first[rid] = t_end
                 if hashes and cache_on:
-                    self._insert_blocks(hashes, n_hit_blocks)
+                    self._insert_blocks(hashes, n_hit_blocks, fresh, dead)
                 if n_out <= 1:
                     self.done[rid] = t_end
                     self.kv_used -= need
@@ -291,6 +339,7 @@ class ReplicaEngine:
         self.sync(now)
         return {"num_ongoing": self.n_admitted, "num_waiting": len(self.waiting), "running_tokens": self.kv_used,
                 "waiting_tokens": self.pf_total + self.waiting_tokens, "kv_used_frac": self.kv_used / self._kv_cap,
+                "queued_kv_tokens": sum(w[5] for w in self.waiting),  # KV the queued requests will reserve
                 "kv_capacity_tokens": self._kv_cap, "step_ms": 1000.0 * self.step_s(), "prefix_summary": self.cache}
 
     def load_stats(self) -> dict[str, Any]:
@@ -305,7 +354,7 @@ class ReplicaEngine:
         """
         out: list[int] = []
         for h, pos in reversed(self.cache.items()):
-            if pos in _CHECKPOINT_SET:
+            if pos in _CHECKPOINT_SET:  # (an anonymous run's value is negative)
                 out.append(h)
                 if len(out) >= max_items:
                     break
@@ -320,27 +369,28 @@ class ReplicaEngine:
             kv_cap, max_seqs, block, cache_on = self._kv_cap, self._max_seqs, self._block, self._cache_cap
             n_admitted, kv_used = self.n_admitted, self.kv_used
             while waiting and n_admitted < max_seqs and kv_used + waiting[0][5] <= kv_cap:
-                rid, n_in, n_out, hashes, est, need = waiting.popleft()
+                rid, n_in, n_out, hashes, est, need, fresh, dead = waiting.popleft()
                 self.waiting_tokens -= est
                 n_blocks = 0
-                if hashes and cache_on:  # leading cached blocks, marked most recently used
+                if fresh and cache_on:  # leading cached blocks, marked most recently used
                     cache = self.cache
                     for h in hashes:
                         if h not in cache:
                             break
                         n_blocks += 1
-                    if n_blocks:
+                    # with no prefill ahead, nothing is evicted before this request's prefill ends and marks
+                    # them again (``_insert_blocks``), so marking them now would not change any later state
+                    if n_blocks and self.prefilling:
                         move = cache.move_to_end
                         for i in range(n_blocks - 1, -1, -1):
                             move(hashes[i])
                 hit = (n_blocks * block if n_blocks * block < n_in else n_in - 1) if n_blocks else 0
                 self.n_hit_tokens += hit
-                self.prefilling.append([rid, n_in - hit, n_in, n_out, hashes, n_blocks, need])
+                self.prefilling.append([rid, n_in - hit, n_in, n_out, hashes, n_blocks, need, fresh, dead])
                 self.pf_total += n_in - hit
                 kv_used += need
                 n_admitted += 1
             self.n_admitted, self.kv_used = n_admitted, kv_used
-        self.version += 1
         pf_total, n_dec = self.pf_total, self.n_dec
         k = INF
         if pf_total:
@@ -366,40 +416,78 @@ class ReplicaEngine:
         self.dt = dt = self._slow * (self._base + self._s_seq * n_dec + self._s_ctx * self.ctx_dec + self._s_tok * P)
         return self.t0 + k * dt
 
-    def _insert_blocks(self, hashes: Sequence[int], start: int) -> None:
+    def _insert_blocks(self, hashes: Sequence[int], start: int, fresh: int, dead: int) -> None:
         """Cache the prompt's blocks after prefill; evict least recently used blocks beyond capacity.
 
         Blocks are stamped last-to-first, so a prompt's tail is evicted before its head (as vLLM frees
-        blocks in reverse): a chained prefix then stays matchable for as long as possible. Plain loops:
-        on an ``OrderedDict`` they beat ``update``/``map``/``starmap`` (measured ~1.6x on the Mooncake
-        trace's block stream).
+        blocks in reverse): a chained prefix then stays matchable for as long as possible.
+        ``hashes[:start]`` were hits at admission; ``hashes[dead:]`` become one anonymous run
+        (``submit``'s ``dead_from``), stamped first as their blocks would be; ``hashes[fresh:]`` are in
+        no cache yet (``fresh_from``). Plain loops: on an ``OrderedDict`` they beat
+        ``update``/``map``/``starmap`` (measured ~1.6x on the Mooncake trace's block stream).
         """
         cache, n = self.cache, len(hashes)
         move = cache.move_to_end
-        if start < n:
-            size = len(cache)
-            for i in range(n - 1, start - 1, -1):
+        size = self.cache_blocks
+        end = n
+        if dead < n:  # drop the run's blocks that are cached by hash (hits, or cached by another request)
+            pop = cache.pop
+            lo = dead if dead > start else start
+            for i in range(dead, lo):
+                if pop(hashes[i], _MISSING) is not _MISSING:
+                    size -= 1
+            if lo < fresh and not cache.keys().isdisjoint(hashes[lo:fresh]):  # rare: cached meanwhile
+                for i in range(lo, fresh):
+                    if pop(hashes[i], _MISSING) is not _MISSING:
+                        size -= 1
+            cache[_Anon()] = dead - n
+            size += n - dead
+            end = dead
+        if start < end:
+            before = len(cache)
+            for i in range(end - 1, start - 1, -1):
                 cache[hashes[i]] = i
-            if len(cache) - size != n - start:  # rare: another request cached some of them meanwhile
-                for i in range(n - 1, start - 1, -1):
+            added = len(cache) - before
+            size += added
+            if added != end - start:  # rare: another request cached some of them meanwhile
+                for i in range(end - 1, start - 1, -1):
                     move(hashes[i])  # (assignment keeps an existing key's place)
-        if start:
+        top = start if start < end else end
+        if top:
             try:
-                for i in range(start - 1, -1, -1):
+                for i in range(top - 1, -1, -1):
                     move(hashes[i])
             except KeyError:  # rare: a hit block was evicted during the prefill; cache it again
-                for i in range(start - 1, -1, -1):
+                for i in range(top - 1, -1, -1):
                     if hashes[i] in cache:
                         move(hashes[i])
                     else:
                         cache[hashes[i]] = i
-        excess = len(cache) - self._cache_cap
+                        size += 1
+        excess = size - self._cache_cap
         if excess > 0:
-            pop = cache.popitem
-            for _ in range(excess):
-                pop(False)
+            pop_lru = cache.popitem
+            size -= excess
+            while excess > 0:
+                h, v = pop_lru(False)
+                if v >= 0:
+                    excess -= 1
+                elif excess < -v:  # part of an anonymous run: the rest stays least recently used
+                    cache[h] = v + excess
+                    move(h, False)
+                    break
+                else:
+                    excess += v
+        self.cache_blocks = size
 
 
+class _Anon:
+    """Key of an anonymous run of prefix-cache blocks (equal only to itself; never a block hash)."""
+
+    __slots__ = ()
+
+
+_MISSING = object()
 _CHECKPOINT_SET = frozenset(PREFIX_CHECKPOINTS)
 
 

@@ -36,7 +36,7 @@ from training.replica_sim import SLO, Telemetry, Trace, replica_capacity_rps, sc
 
 BLOCK = 512
 SYNTHETIC: tuple[str, ...] = ("poisson", "bursty", "conversation", "rag")
-TRAIN_LOADS: tuple[float, ...] = (0.5, 0.8, 0.95, 1.1)
+TRAIN_LOADS: tuple[float, ...] = (0.5, 0.65, 0.8, 0.95)  # the loads policies are compared at (not overload)
 TRAIN_POLICIES: tuple[str, ...] = ("round_robin", "pow2", "least_loaded", "prefix_affinity")
 
 

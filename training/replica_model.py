@@ -31,7 +31,8 @@ MIN_TTFT_S = 1e-4  # floor before the log: a zero TTFT (float noise) must not be
 
 # +1: TTFT can only grow with the feature; -1: only shrink; 0: free.
 MONOTONE: dict[str, int] = {"num_waiting": 1, "waiting_tokens": 1, "step_ms": 1, "uncached_tokens": 1,
-                            "work_ahead_tokens": 1, "work_ahead_token_s": 1, "prefix_hit_tokens": -1}
+                            "work_ahead_tokens": 1, "work_ahead_token_s": 1, "prefix_hit_tokens": -1,
+                            "queued_kv_tokens": 1, "kv_excess_tokens": 1}
 
 
 class ReplicaTTFTTrainer:
@@ -67,7 +68,10 @@ class ReplicaTTFTTrainer:
         self.model_ = lgb.LGBMRegressor(
             n_estimators=self.n_estimators, num_leaves=self.num_leaves, learning_rate=self.learning_rate,
             min_child_samples=self.min_child_samples, subsample=0.8, subsample_freq=1, monotone_constraints=constraints,
-            random_state=self.seed, n_jobs=1, verbose=-1).fit(x, np.log(np.maximum(y, MIN_TTFT_S)))
+            random_state=self.seed, n_jobs=1, verbose=-1,
+            # LightGBM times row- vs column-wise histograms and keeps the faster one unless told: runs on
+            # the same rows could then differ. Pinned, the same telemetry gives the same model.
+            force_col_wise=True, deterministic=True).fit(x, np.log(np.maximum(y, MIN_TTFT_S)))
         self.n_features_in_ = x.shape[1]
         return self
 

@@ -134,6 +134,37 @@ def test_hit_blocks_evicted_during_the_prefill_are_cached_again() -> None:
     assert list(e.cache) == [2, 1]
 
 
+def test_a_dead_run_takes_its_blocks_lru_capacity_anonymously() -> None:
+    e = ReplicaEngine(cfg(prefix_cache_blocks=3))
+    run_dead = [(0.0, 2048, 1, (1, 2, 3, 4))]
+    e.submit(0.0, 0, 2048, 1, (1, 2, 3, 4), None, 2)  # blocks 3, 4: no later request holds them
+    e.run_until(1e9)
+    # as without the hint ([3, 2, 1] after evicting 4), but 3 and 4 are one run, of which 1 block is left
+    assert e.cache_blocks == 3 and [h for h in e.cache if isinstance(h, int)] == [2, 1]
+    assert e.summary_list() == [1, 2]
+    plain = ReplicaEngine(cfg(prefix_cache_blocks=3))
+    run(plain, run_dead)
+    assert list(plain.cache) == [3, 2, 1] and plain.first[0] == e.first[0]
+    e.submit(5.0, 1, 1536, 1, (1, 2, 9))
+    e.run_until(1e9)
+    assert e.first[1] - 5.0 == pytest.approx(BASE + 512 * TOK)  # 2 blocks hit
+    assert list(e.cache) == [9, 2, 1] and e.cache_blocks == 3  # the rest of the run went first
+
+
+def test_hits_are_marked_at_admission_when_a_prefill_ahead_can_evict() -> None:
+    e = ReplicaEngine(cfg(prefix_cache_blocks=4))
+    # cache (7, 8) then (5,): LRU order 8 7 5. B hits 7, 8 while A prefills ahead of it; A's blocks then
+    # evict the least recently used block: 5 (7, 8 were marked at B's admission), so E finds no 5.
+    run(e, [(0.0, 1024, 1, (7, 8)), (0.5, 512, 1, (5,))])
+    step = BASE + 2048 * TOK
+    for rid, (t, n_in, hashes) in enumerate([(1.0, 3000, (1, 2)), (1.0, 3000, (7, 8, 9)), (1.0 + 1.5 * step, 1024,
+                                                                                            (5, 6))], start=2):
+        e.run_until(t)
+        e.submit(t, rid, n_in, 1, hashes)
+    e.run_until(1e9)
+    assert e.n_hit_tokens == 1024  # B's two blocks; none for E
+
+
 def test_prefix_cache_off() -> None:
     e = ReplicaEngine(cfg(prefix_cache_blocks=0))
     run(e, [(0.0, 1536, 1, (1, 2, 3)), (10.0, 1536, 1, (1, 2, 3))])
@@ -198,7 +229,9 @@ def test_realtime_engine_reports_engine_time() -> None:
 
 def test_realtime_engine_queues_concurrent_requests() -> None:
     async def main() -> list[tuple[float, float]]:
-        rt = RealtimeEngine(cfg(max_num_seqs=1), time_scale=0.001)
+        # 20 ms of wall time per engine second: a loaded box's scheduling jitter (~1 ms) cannot spread
+        # the three submissions far enough apart (in engine time) to stop them from queueing
+        rt = RealtimeEngine(cfg(max_num_seqs=1), time_scale=0.02)
         return list(await asyncio.gather(*(rt.generate(1000, 2) for _ in range(3))))
 
     results = asyncio.run(main())

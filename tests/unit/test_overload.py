@@ -247,9 +247,9 @@ def test_build_guard_from_the_serve_config(tmp_path: Path, caplog: pytest.LogCap
         {**on, "replica_routing": {"kind": "learned", "model": "rm"}}), ["small"])
     assert learned is not None and learned.scorer is not None
     engine = {"num_ongoing": 30, "num_waiting": 40, "running_tokens": 390_000, "waiting_tokens": 500_000,
-              "kv_used_frac": 0.97, "kv_capacity_tokens": 400_000, "step_ms": 150.0}
+              "kv_used_frac": 0.97, "kv_capacity_tokens": 400_000, "step_ms": 150.0, "queued_kv_tokens": 0}
     learned.observe("small", "small#r1", engine)
     (pred,) = learned.predicted_ttft_ms("small", ReplicaRequest(2000))  # type: ignore[misc]
-    x = np.array([[30, 40, 390_000, 500_000, 0.97, 10_000, 150.0, 2000, 0, 2000, 502_000, 502_000 * 0.15]],
+    x = np.array([[30, 40, 390_000, 500_000, 0.97, 10_000, 150.0, 0, 2000, 0, 2000, 502_000, 502_000 * 0.15, 0.2, -8000]],
                  dtype=np.float32)
     assert pred == pytest.approx(1000.0 * math.exp(float(learned.scorer.predict(x)[0])), rel=1e-5)

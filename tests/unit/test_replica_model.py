@@ -58,6 +58,12 @@ def test_trainer_fit_predict_export_parity(telemetry: Telemetry, tmp_path: Path)
     assert manifest["target"] == "log_ttft_s" and manifest["feature_names"] == list(REPLICA_FEATURE_NAMES)
 
 
+def test_the_same_telemetry_gives_the_same_model(telemetry: Telemetry) -> None:
+    """Benchmarks compare policies across runs: the scorer must not depend on LightGBM's timing probes."""
+    a, b = (ReplicaTTFTTrainer(n_estimators=30, seed=0).fit(telemetry.x, telemetry.ttft_s) for _ in range(2))
+    assert np.array_equal(a.predict(telemetry.x), b.predict(telemetry.x))
+
+
 def test_more_queued_prefill_never_predicts_a_faster_first_token(telemetry: Telemetry) -> None:
     trainer = ReplicaTTFTTrainer(n_estimators=30, seed=0).fit(telemetry.x, telemetry.ttft_s)
     base = np.repeat(telemetry.x[:200], 5, axis=0)
@@ -69,10 +75,10 @@ def test_more_queued_prefill_never_predicts_a_faster_first_token(telemetry: Tele
 def test_trainer_errors() -> None:
     with pytest.raises(NotFittedError, match="ReplicaTTFTTrainer is not fitted yet"):
         ReplicaTTFTTrainer().predict(np.zeros((1, len(REPLICA_FEATURE_NAMES))))
-    with pytest.raises(ValueError, match=r"x must be \(n, 12\)"):
+    with pytest.raises(ValueError, match=rf"x must be \(n, {len(REPLICA_FEATURE_NAMES)}\)"):
         ReplicaTTFTTrainer().fit(np.zeros((20, 3)), np.ones(20))
     with pytest.raises(ValueError, match="1 non-finite"):
-        ReplicaTTFTTrainer().fit(np.zeros((20, 12)), np.r_[np.ones(19), np.nan])
+        ReplicaTTFTTrainer().fit(np.zeros((20, len(REPLICA_FEATURE_NAMES))), np.r_[np.ones(19), np.nan])
 
 
 def test_train_replica_model_reports_held_out_error(telemetry: Telemetry, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from ray.serve._private.common import DeploymentHandleSource, DeploymentID, Repl
 from ray.serve.request_router import PendingRequest, RunningReplica
 
 from router.errors import ArtifactError, FeatureMismatchError
-from router.replica import (PREFIX_CHECKPOINTS, REPLICA_FEATURE_NAMES, FeatureRows, Learned, PrefixAffinity,
+from router.replica import (PREFIX_CHECKPOINTS, N_STATE, REPLICA_FEATURE_NAMES, FeatureRows, Learned, PrefixAffinity,
                             ReplicaRequest, ReplicaScorer, features_from_states, has_stats, make_policy,
                             prefix_hit_tokens, prompt_block_hashes, rank_by_scores, replica_feature_matrix,
                             replica_features, replica_state, request_from_body, request_hits, request_hits_or_none)
@@ -26,10 +26,10 @@ from training.replica_eval import train_quick_scorer
 
 
 def stats(ongoing: int = 0, waiting: int = 0, waiting_tokens: int = 0, step_ms: float = 10.0,
-          summary: Any = None, **extra: Any) -> dict[str, Any]:
+          summary: Any = None, queued_kv: int = 0, **extra: Any) -> dict[str, Any]:
     s = {"num_ongoing": ongoing, "num_waiting": waiting, "running_tokens": 1000 * ongoing,
          "waiting_tokens": waiting_tokens, "kv_used_frac": 0.01 * ongoing, "kv_capacity_tokens": 100_000,
-         "step_ms": step_ms, **extra}
+         "step_ms": step_ms, "queued_kv_tokens": queued_kv, **extra}
     if summary is not None:
         s["prefix_summary"] = summary
     return s
@@ -66,12 +66,12 @@ def test_prefix_hit_is_capped_below_the_prompt() -> None:
 
 
 def test_features_in_documented_order() -> None:
-    x = replica_features(stats(ongoing=2, waiting=3, waiting_tokens=5000, step_ms=25.0, summary={7}),
+    x = replica_features(stats(ongoing=2, waiting=3, waiting_tokens=5000, step_ms=25.0, summary={7}, queued_kv=6500),
                          ReplicaRequest(1500, (7, 8)))
     expected = {"num_ongoing": 2, "num_waiting": 3, "running_tokens": 2000, "waiting_tokens": 5000,
-                "kv_used_frac": 0.02, "kv_free_tokens": 98_000, "step_ms": 25.0, "input_tokens": 1500,
-                "prefix_hit_tokens": 512, "uncached_tokens": 988, "work_ahead_tokens": 5988,
-                "work_ahead_token_s": 5988 * 25.0 / 1000}
+                "kv_used_frac": 0.02, "kv_free_tokens": 98_000, "step_ms": 25.0, "queued_kv_tokens": 6500,
+                "input_tokens": 1500, "prefix_hit_tokens": 512, "uncached_tokens": 988, "work_ahead_tokens": 5988,
+                "work_ahead_token_s": 5988 * 25.0 / 1000, "kv_need_frac": 8000 / 98_000, "kv_excess_tokens": -90_000}
     assert x.dtype == np.float32 and x.shape == (len(REPLICA_FEATURE_NAMES),)
     assert dict(zip(REPLICA_FEATURE_NAMES, x.tolist())) == pytest.approx(expected)
     m = replica_feature_matrix([stats(), stats(ongoing=1)], ReplicaRequest(10))
@@ -204,7 +204,8 @@ def test_feature_rows_are_bitwise_the_featurization() -> None:
     rng = np.random.default_rng(3)
     states = np.column_stack([rng.integers(0, 200, 9), rng.integers(0, 50, 9), rng.integers(0, 400_000, 9),
                               rng.integers(0, 10**6, 9), rng.random(9), rng.integers(0, 400_000, 9),
-                              rng.uniform(1, 500, 9)]).astype(np.float64)
+                              rng.uniform(1, 500, 9), rng.integers(0, 400_000, 9)]).astype(np.float64)
+    states[2, 5] = 0.0  # no free KV: kv_need_frac divides by max(free, 1)
     rows = FeatureRows(states)
     for hits in ([0] * 9, [0, 512, 0, 0, 0, 0, 0, 0, 4096], [10**6] * 9):
         for n_in in (0, 1, 2, 1537, 16_777_217, 123_456_789):
@@ -218,9 +219,12 @@ def test_feature_rows_are_bitwise_the_featurization() -> None:
         assert rows.fill([0, 512] + [0] * 7, n_in).tobytes() == features_from_states(
             shifted, [0, 512] + [0] * 7, n_in).tobytes()
     queued = shifted.copy()
-    queued[4, 1], queued[4, 3] = 17.0, 123_457.0
-    rows.set_queued_row(4, 17.0, 123_457.0)  # one replica's queue changed: its work-ahead columns follow
+    queued[4, 1], queued[4, 3], queued[4, 7] = 17.0, 123_457.0, 654_321.0
+    rows.set_queued_row(4, 17.0, 123_457.0, 654_321.0)  # one replica's queue changed: work-ahead + KV columns follow
     assert rows.fill(None, 2500).tobytes() == features_from_states(queued, [0] * 9, 2500).tobytes()
+    queued[:, 7] = 5.0
+    rows.set_queued(queued[:, 1], queued[:, 3], queued[:, 7])
+    assert rows.fill([3] * 9, 10**6).tobytes() == features_from_states(queued, [3] * 9, 10**6).tobytes()
 
 
 def test_request_hits_or_none_is_none_only_without_a_first_block_anywhere() -> None:
@@ -502,3 +506,22 @@ def test_pow2_router_still_works() -> None:
         assert names(await choose(router, pending()))[0] == ["b"]
 
     asyncio.run(body())
+
+
+def test_kv_features_flag_a_request_whose_kv_does_not_fit() -> None:
+    """``queued_kv_tokens`` (engine stat) + the request's prompt vs free KV: the head-of-line wait that
+    prefill work alone does not show (``replica-v2``)."""
+    from training.engine import EngineConfig, ReplicaEngine
+
+    e = ReplicaEngine(EngineConfig(kv_capacity_tokens=10_000, max_num_seqs=8, max_batch_tokens=2048))
+    e.submit(0.0, 0, 6000, 500)  # admitted: reserves 6,500 of 10,000
+    e.submit(0.0, 1, 3000, 1000)  # 6,500 + 4,000 > 10,000: queued behind the running request's decode
+    s = e.stats(0.0)
+    assert s["num_waiting"] == 1 and s["queued_kv_tokens"] == 4000 and s["running_tokens"] == 6500
+    x = dict(zip(REPLICA_FEATURE_NAMES, replica_features(s, ReplicaRequest(2000)).tolist()))
+    assert x["queued_kv_tokens"] == 4000 and x["kv_free_tokens"] == 3500
+    assert x["kv_excess_tokens"] == 4000 + 2000 - 3500 and x["kv_need_frac"] == pytest.approx(6000 / 3500)
+    fits = dict(zip(REPLICA_FEATURE_NAMES, replica_features(stats(), ReplicaRequest(2000)).tolist()))
+    assert fits["kv_excess_tokens"] == 2000 - 100_000 and fits["kv_need_frac"] == pytest.approx(2000 / 100_000)
+    late = replica_state(s, sent=2, sent_tokens=700)  # the router's own sends since the snapshot count as queued KV
+    assert late[N_STATE - 1] == 4700 and late[1] == 3
