@@ -19,7 +19,10 @@ times one call at a time on one thread, after a warm-up:
 * ``policy_onnx``  ``router.scorer.predict`` on one feature vector: the three heads (quality, cost,
                    latency) of ``policy.onnx`` for every catalogue model (for the GBDT variants one
                    ONNX run over K rows of [context, one-hot model]; the variant is the one the
-                   bundle's held-out DR chose, recorded in ``bundle_metrics.policy.chosen``);
+                   bundle's held-out DR chose, recorded in ``bundle_metrics.policy.chosen``), through
+                   the per-thread I/O-bound call (``router.policy._BoundRun``);
+* ``policy_onnx_session_run``  the same heads through ``session.run`` with a fresh input and output
+                   arrays per call (what ``predict`` did before the bound call: its in-run baseline);
 * ``decide``       the full ``Router.decide`` (cache tier ``skip`` for every category);
 * ``choose``       ``router.policy.choose`` (epsilon-greedy draw over the predicted category's allowed
                    models): a piece of decide's own overhead, timed so that ``decide`` minus its ONNX
@@ -28,8 +31,10 @@ times one call at a time on one thread, after a warm-up:
 
 Then **throughput** (issue 7 target: >= 5,000 decisions/s on one core without the sentence encoder):
 ``Router.decide`` one request at a time vs ``Router.decide_batch`` in micro-batches of 8/32/128 (same
-decisions, see tests/unit/test_router_speed.py), and ``decide (onnxruntime head)`` (a second router
-whose classifier runs its head with onnxruntime, the pre-numpy path, as the in-run baseline of that
+decisions, see tests/unit/test_router_speed.py), ``decide (policy session.run)`` (a second router whose
+policy runs through ``session.run`` instead of the bound call: the in-run baseline of that change) and
+``decide (onnxruntime head)`` (a third router whose classifier runs its head with onnxruntime, the
+pre-numpy path, as the in-run baseline of that
 change), over all mixed prompts, in rounds that rotate the order of the variants; decisions per
 CPU-second of this single-threaded process (= one core) and per wall second, with the 1-minute load
 average alongside (the box is shared).
@@ -118,8 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with console.status("throughput: decide vs decide_batch, interleaved rounds"):
             reference = Router(bundle, cache=ResponseCache(skip))
             reference.classifier.head = None  # the onnxruntime head: the in-run baseline of router.linear_head
+            unbound = Router(bundle, cache=ResponseCache(skip))
+            unbound.scorer._local.run = False  # this thread's policy calls go through session.run
             throughput = _throughput(router, mix, np.random.default_rng(args.seed + 7), n_rounds=3 if args.quick else 5,
-                                     reference=reference)
+                                     reference=reference, unbound=unbound)
         bucket_ops = {k: ops[k] for k in ("clf_onnx", "clf_native", "featurize", "decide")}
         bucket_ns: dict[str, dict[str, np.ndarray]] = {}
         for name, prompts in buckets.items():
@@ -241,7 +248,7 @@ def _ops(router: Router, native: CategoryTrainer, rng: np.random.Generator) -> d
     pipe = native._fitted()  # the bare sklearn Pipeline: no wrapper overhead in the baseline
     clf = router.classifier
     exploration = router.config.exploration
-    return {
+    ops = {
         "clf_onnx": lambda p: router.classifier.predict_proba([p.text]),
         **({"clf_tfidf": lambda p: clf.vocabulary.transform(p.prepared)}  # type: ignore[union-attr]
            if clf.vocabulary is not None else {}),
@@ -256,11 +263,30 @@ def _ops(router: Router, native: CategoryTrainer, rng: np.random.Generator) -> d
         "decide": lambda p: router.decide(p.request, now_s=0.0, rng=rng),
         # a piece of decide's own overhead (not ONNX, not featurize), to explain decide - parts:
         "choose": lambda p: choose(p.candidates, p.utility, exploration, rng),
+        "policy_onnx_session_run": lambda p: _policy_session_run(router, p.features),
     }
+    # Calls rotate through this order, and an op soon after another on the same ONNX session finds its
+    # caches warm: the three policy users (decide, policy_onnx, policy_onnx_session_run) are spread over
+    # the cycle so that each of the two compared parts comes 4 ops after the previous policy call.
+    order = ["clf_onnx", "clf_tfidf", "policy_onnx", "clf_head", "clf_head_onnxruntime", "ood",
+             "policy_onnx_session_run", "clf_native", "featurize", "decide", "choose"]
+    return {k: ops[k] for k in order if k in ops}
 
 
 # ------------------------------------------------------------------------------------------------
 # timing
+
+
+def _policy_session_run(router: Router, features: np.ndarray) -> Any:
+    """``PolicyScorer.predict`` as it ran before the bound call: a fresh input copy, ``session.run``
+    (input and output conversion per call), then the same float32 ``exp``."""
+    sc = router.scorer
+    if sc.info.layout != "model_feature":  # per-arm graphs never took the bound call
+        return sc.predict(features)
+    rows = sc._template.copy()
+    rows[:, :sc.info.n_context] = features
+    q, c, l = sc.session.run(sc._heads, {"features": rows})
+    return q.reshape(-1), np.exp(c.reshape(-1)), np.exp(l.reshape(-1))
 
 
 def _interleaved(ops: dict[str, Callable[[Prompt], Any]], prompts: list[Prompt], n: int, warm: int) -> dict[str, np.ndarray]:
@@ -290,13 +316,15 @@ TARGET_DECISIONS_PER_S = 5000
 
 
 def _throughput(router: Router, prompts: list[Prompt], rng: np.random.Generator, n_rounds: int,
-                reference: Router | None = None) -> dict[str, Any]:
+                reference: Router | None = None, unbound: Router | None = None) -> dict[str, Any]:
     """Decisions per second on one thread over all ``prompts``: ``decide`` one at a time, and
     ``decide_batch`` in micro-batches of each size in ``BATCH_SIZES``. Rounds rotate the order of the
     variants so background load hits each alike; both wall time and this process's CPU time are kept
     (CPU time = decisions per core-second, the less noisy number on a shared machine)."""
     reqs = [p.request for p in prompts]
     variants: dict[str, Callable[[], None]] = {"decide": lambda: [router.decide(r, now_s=0.0, rng=rng) for r in reqs]}
+    if unbound is not None:
+        variants["decide (policy session.run)"] = lambda: [unbound.decide(r, now_s=0.0, rng=rng) for r in reqs]
     if reference is not None:
         variants["decide (onnxruntime head)"] = lambda: [reference.decide(r, now_s=0.0, rng=rng) for r in reqs]
     if hasattr(router, "decide_batch"):
@@ -381,6 +409,7 @@ def _report(mix_ns: dict[str, np.ndarray], bucket_ns: dict[str, dict[str, np.nda
     ratios["featurize/decide"] = _ratio(mix_ns["featurize"], mix_ns["decide"])
     ratios["clf_onnx/decide"] = _ratio(mix_ns["clf_onnx"], mix_ns["decide"])
     ratios["policy_onnx/decide"] = _ratio(mix_ns["policy_onnx"], mix_ns["decide"])
+    ratios["policy_onnx_session_run/policy_onnx"] = _ratio(mix_ns["policy_onnx_session_run"], mix_ns["policy_onnx"])
     ratios["choose/decide"] = _ratio(mix_ns["choose"], mix_ns["decide"])
     ratios["decide/(all 4 parts above)"] = _ratio(mix_ns["decide"], parts + mix_ns["choose"])
     table("Ratios measured in the same run (> 1: numerator slower)",

@@ -247,7 +247,11 @@ class CategoryClassifier:
         """``predict([text])`` as Python values: (calibrated probabilities -- float32 values -- in
         taxonomy order, out of distribution?). The same numbers, without building arrays per request."""
         t = prepare_text(text, self.max_chars)
-        probs, _, flag = self._finish(t, self._raw_rows([t])[0])
+        if self._sparse and self.head is not None and self.vocabulary is not None:  # = _raw_rows([t])[0]
+            raw = softmax_row(self.head.logits_row(*self.vocabulary.transform(t)))
+        else:
+            raw = self._raw_rows([t])[0]
+        probs, _, flag = self._finish(t, raw)
         return probs, flag
 
     def _finish(self, text: str, raw: list[float], nll: float | None = None) -> tuple[list[float], float, bool]:

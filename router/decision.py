@@ -104,8 +104,9 @@ class Router:
         """``model_load[m]`` = in-flight requests / capacity of model ``m``'s deployment (1.0 = full);
         it only relaxes the cache threshold for an overloaded answering model (see the module doc)."""
         t0 = time.perf_counter()
-        probs, ood = self._classify(request.prompt)
-        features = featurize(request.prompt, self._probs_or_zeros(probs), request.n_turns)
+        prompt = request.prompt
+        probs, ood = self._classify(prompt)
+        features = featurize(prompt, self._probs_or_zeros(probs), request.n_turns)
         return self._decide_classified(request, probs, ood, features, None, t0, now_s=now_s, rng=rng,
                                        preference=preference, model_load=model_load)
 

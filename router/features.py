@@ -19,10 +19,12 @@ import re
 import zlib
 from array import array
 from collections.abc import Sequence
-from operator import mul, sub
+from itertools import repeat
+from operator import mul, sub, truediv
 
 import numpy as np
 
+from router.ascii_regex import AsciiTwin
 from router.types import FloatArray
 
 FEATURE_VERSION = "2"
@@ -50,6 +52,7 @@ _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _CODE = re.compile(r"[{}\[\]();=<>_#$\\`]")
 _MATH = re.compile(r"[+\-*/^=%√∑∫π]")
 _TOKEN = re.compile(r"\w+")
+_TOKENS = AsciiTwin(_TOKEN.pattern)  # _TOKEN with an re.ASCII twin for ASCII text (same tokens)
 # the ASCII members of _DIGITS, _UPPER, _CODE and _MATH (text_features' fast path for ASCII text)
 _ASCII_CLASSES = (b"0123456789", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"{}[]();=<>_#$\\`", b"+-*/^=%")
 _SLOTS: dict[str, int] = {}  # gram -> signed bucket (see _slot), bounded
@@ -111,30 +114,35 @@ def _slot(gram: str) -> int:
 
 
 def _sketch_values(text: str) -> list[float]:
-    """``text_sketch`` as Python floats holding its float32 values: integer counts per signed bucket
-    (the crc32 of a gram is memoised: most words and bigrams recur across requests), then numpy's
-    float32 arithmetic emulated exactly -- ``norm = float32(sqrt(sum of squares))`` (the float32 dot of
-    integers below 2**24 is exact), ``value = float32(count / norm)`` (float64 then float32 rounds
-    like one float32 operation)."""
+    """``text_sketch`` as Python floats whose float32 roundings are its values: integer counts per
+    signed bucket (the crc32 of a gram is memoised: most words and bigrams recur across requests), then
+    numpy's float32 arithmetic emulated exactly -- ``norm = float32(sqrt(sum of squares))`` (the float32
+    dot of integers below 2**24 is exact), ``value = count / norm`` in float64, which rounds to float32
+    like one float32 division (both callers cast to float32; rounding here too would change nothing)."""
     half = SKETCH_TOKENS // 2
-    head = _TOKEN.findall(text[: 16 * half].lower())[:half]
-    tail = _TOKEN.findall(text[-16 * half:].lower())[-half:] if len(text) > 16 * half else []
+    head = _TOKENS.findall(text[: 16 * half].lower())[:half]
+    tail = _TOKENS.findall(text[-16 * half:].lower())[-half:] if len(text) > 16 * half else []
     tokens = head + tail
+    grams = tokens + list(map(" ".join, zip(tokens, tokens[1:])))
+    slots = list(map(_SLOTS.get, grams))
     acc = [0] * (2 * SKETCH_DIM)
-    get = _SLOTS.get
-    for g in tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]:
-        slot = get(g)
-        if slot is None:
-            slot = _slot(g)
-            if len(_SLOTS) < _MAX_SLOTS:
-                _SLOTS[g] = slot
-        acc[slot] += 1
+    try:
+        for slot in slots:
+            acc[slot] += 1
+    except TypeError:  # a gram not memoised yet (its slot is None): count them all again, filling the memo
+        acc = [0] * (2 * SKETCH_DIM)
+        for g, slot in zip(grams, slots):
+            if slot is None:
+                slot = _slot(g)
+                if len(_SLOTS) < _MAX_SLOTS:
+                    _SLOTS[g] = slot
+            acc[slot] += 1
     counts = list(map(sub, acc[SKETCH_DIM:], acc[:SKETCH_DIM]))
     squares = sum(map(mul, counts, counts))
     if not squares:
         return [float(c) for c in counts]
     norm = array("f", [math.sqrt(squares)])[0]
-    return array("f", [c / norm for c in counts]).tolist()
+    return list(map(truediv, counts, repeat(norm, SKETCH_DIM)))
 
 
 def featurize(text: str, category_probs: Sequence[float] | FloatArray, n_turns: int = 1) -> FloatArray:

@@ -70,7 +70,7 @@ class SparseLinearHead:
         """One list of C floats per row: ``values @ weights[indices] + bias`` (float64), each row by
         ``logits_row`` (so a row's floats do not depend on the batch it came in)."""
         bounds = rows.indptr.tolist()
-        gathered = self.weights[rows.indices]
+        gathered = self.weights.take(rows.indices, axis=0)  # = weights[indices]; take copies rows faster
         out = []
         for a, b in zip(bounds, bounds[1:]):
             out.append((rows.values[a:b] @ gathered[a:b] + self.bias).tolist() if b > a else list(self._bias_list))
@@ -80,7 +80,7 @@ class SparseLinearHead:
         """``logits`` of one row."""
         if not indices.size:
             return list(self._bias_list)
-        return (values @ self.weights[indices] + self.bias).tolist()  # type: ignore[no-any-return]
+        return (values @ self.weights.take(indices, axis=0) + self.bias).tolist()  # type: ignore[no-any-return]
 
     def probabilities(self, rows: SparseRows) -> list[list[float]]:
         """Softmax of ``logits`` per row, on Python floats (C numbers: numpy's per-call cost would dominate)."""

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import Counter
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
@@ -47,6 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from router.ascii_regex import ASCII_SPACE, AsciiTwin
 from router.tfidf import CharIds, CuckooTable
 from router.types import FloatArray
 
@@ -54,9 +54,9 @@ OOD_FEATURES: tuple[str, ...] = ("char_nll", "oov_rate")
 LM_MAX_CHARS = 500
 _NUMPY_MIN_CHARS = 200  # mean_nll's crossover between the plain loop and the numpy lookup
 _BACKOFF = math.log(0.4)
-_WS = re.compile(r"\s+")
-_WORD = re.compile(r"[^\W\d_]{2,}")
-_ALNUM = re.compile(r"[^\W_]")
+_WS = AsciiTwin(r"\s+", ASCII_SPACE + "+")
+_WORD = AsciiTwin(r"[^\W\d_]{2,}")
+_ALNUM = AsciiTwin(r"[^\W_]")
 
 
 def valid_text(text: object) -> str:
@@ -197,9 +197,9 @@ class CharLanguageModel:
 
 
 class _NgramTables:
-    """The LM's n-grams as sorted base-B keys (``router.tfidf.CharIds``: trigram keys in [B^2, B^3),
-    bigram keys in [B, B^2), disjoint) with their backed-off log-probabilities, and the unigram
-    fallback (``unigram + 2 log 0.4``, or ``floor``) per character id."""
+    """The LM's n-grams as base-B keys (``router.tfidf.CharIds``: trigram keys in [B^2, B^3), bigram
+    keys in [B, B^2), disjoint) in a cuckoo table pointing at their backed-off log-probabilities, and
+    the unigram fallback (``unigram + 2 log 0.4``, or ``floor``) per character id."""
 
     def __init__(self, trigram: Mapping[str, float], bigram: Mapping[str, float], unigram: Mapping[str, float],
                  floor: float) -> None:
@@ -208,8 +208,7 @@ class _NgramTables:
         keyed = [(self.ids.key(g), lp) for g, lp in trigram.items() if len(g) == 3]
         keyed += [(self.ids.key(g), lp + _BACKOFF) for g, lp in bigram.items() if len(g) == 2]
         keyed.sort()
-        self.keys = np.array([k for k, _ in keyed] + [2**64 - 1], dtype=np.uint64)  # sentinel: no overrun
-        self.values = np.array([v for _, v in keyed] + [0.0], dtype=np.float64)
+        self.values = np.array([v for _, v in keyed], dtype=np.float64)
         self.table = CuckooTable([k for k, _ in keyed], range(len(keyed)))  # key -> its row in values
         self.unigram = np.full(self.ids.base, floor, dtype=np.float64)
         for g, lp in unigram.items():
@@ -243,17 +242,21 @@ class _NgramTables:
         return out
 
     def total_logprob(self, padded: str) -> float:
-        """Sum over i >= 2 of log p(padded[i] | padded[i-2:i]), accumulated in order (as the plain loop)."""
+        """Sum over i >= 2 of log p(padded[i] | padded[i-2:i]), accumulated in order (as the plain loop):
+        ``total_logprobs([padded])[0]``, the n-grams found in the cuckoo table (a binary search over
+        the sorted keys cost a third more)."""
         ids = self.ids.ids(padded)
         base = self.ids.base
         k1 = ids[2:]
         k2 = ids[1:-1] * base + k1
         keys = np.concatenate([ids[:-2] * (base * base) + k2, k2])
-        pos = self.keys.searchsorted(keys)
-        hit = self.keys[pos] == keys
-        val = self.values[pos]
+        pos, found = self.table.hits(keys)
+        hit = np.zeros(keys.size, dtype=bool)
+        hit[pos] = True
+        val = np.empty(keys.size, dtype=np.float64)
+        val[pos] = self.values.take(found)
         n = k1.size
-        lp = np.where(hit[:n], val[:n], np.where(hit[n:], val[n:], self.unigram[k1]))
+        lp = np.where(hit[:n], val[:n], np.where(hit[n:], val[n:], self.unigram.take(k1.view(np.int64))))
         return float(lp.cumsum()[-1])  # cumsum adds left to right, like the loop (np.sum is pairwise)
 
 

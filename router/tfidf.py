@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from router.ascii_regex import ASCII_SPACE, AsciiTwin
 from router.types import FloatArray
 
 ANALYZER = "sklearn-word(1,2)+char(2,4)"  # recorded in the vocabulary file; a different analyzer is refused
@@ -40,6 +41,9 @@ WORD_TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token_patter
 _WHITE_SPACES = re.compile(r"\s\s+")  # what scikit-learn's char analyzer collapses to one space
 CHAR_MIN, CHAR_MAX = 2, 4
 _MAX_KEY_BASE = 65_000  # base**4 < 2**64
+# the serving path's copies of the two patterns above, with an re.ASCII twin for ASCII text (same matches)
+_WORD_TOKEN = AsciiTwin(r"(?u)\b\w\w+\b", r"\b\w\w+\b")
+_SPACE_RUNS = AsciiTwin(r"\s\s+", ASCII_SPACE + "{2,}")
 
 
 def word_ngrams(text: str) -> list[str]:
@@ -84,7 +88,7 @@ class CharIds:
         """(len(text),) uint64 ids."""
         codes = char_codes(text)
         if codes.dtype == np.uint8 or codes.size == 0 or int(codes.max()) < 0x10000:
-            return self._bmp[codes]
+            return self._bmp.take(codes)
         out = self._bmp[np.minimum(codes, 0xFFFF)]
         astral = codes >= 0x10000
         cps = codes[astral]
@@ -146,16 +150,16 @@ class CuckooTable:
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Values of the keys present in the table (absent keys dropped), in the order of ``keys``."""
-        h1 = (keys * self._m1) >> self._shift
-        slot = np.where(self._keys[h1] == keys, h1, (keys * self._m2) >> self._shift)
-        return self._values[slot[self._keys[slot] == keys]].astype(np.int64)
+        h1 = ((keys * self._m1) >> self._shift).view(np.int64)  # slots < 2**63: same numbers, and
+        slot = np.where(self._keys.take(h1) == keys, h1, ((keys * self._m2) >> self._shift).view(np.int64))
+        return self._values.take(slot[self._keys.take(slot) == keys]).astype(np.int64)  # take: faster gathers
 
     def hits(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions in ``keys`` of the keys present, their values int64), in the order of ``keys``."""
-        h1 = (keys * self._m1) >> self._shift
-        slot = np.where(self._keys[h1] == keys, h1, (keys * self._m2) >> self._shift)
-        pos = np.flatnonzero(self._keys[slot] == keys)
-        return pos, self._values[slot[pos]].astype(np.int64)
+        h1 = ((keys * self._m1) >> self._shift).view(np.int64)
+        slot = np.where(self._keys.take(h1) == keys, h1, ((keys * self._m2) >> self._shift).view(np.int64))
+        pos = np.flatnonzero(self._keys.take(slot) == keys)
+        return pos, self._values.take(slot.take(pos)).astype(np.int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +209,7 @@ class TfidfVocabulary:
         if not (self._fast and self._sep is not None):
             return self._transform_dicts(text)
         found = self._word_features(text)
-        keys = self._table.lookup(self._char_keys(self._ids.ids(_WHITE_SPACES.sub(" ", text))))
+        keys = self._table.lookup(self._char_keys(self._ids.ids(_SPACE_RUNS.sub(" ", text))))
         if found:
             keys = np.concatenate([np.array(found, dtype=np.int64), keys])
         if keys.size == 0:
@@ -214,8 +218,8 @@ class TfidfVocabulary:
         first = np.empty(keys.size, dtype=bool)
         first[0] = True
         np.not_equal(keys[1:], keys[:-1], out=first[1:])
-        starts = np.flatnonzero(first)
-        idx = keys[starts]
+        (starts,) = first.nonzero()  # = np.flatnonzero(first), without its Python wrapper
+        idx = keys.take(starts)
         return idx, self._tfidf(idx, np.concatenate((starts[1:], [keys.size])) - starts)
 
     def transform_many(self, texts: Sequence[str]) -> SparseRows:
@@ -240,7 +244,7 @@ class TfidfVocabulary:
     def _word_features(self, text: str) -> list[int]:
         """Feature indices of the vocabulary's word 1- and 2-grams in ``text`` (with repeats)."""
         get = self._word_index.get
-        tokens = WORD_TOKEN.findall(text)
+        tokens = _WORD_TOKEN.findall(text)
         grams = tokens + list(map(" ".join, zip(tokens, tokens[1:])))
         return [i for i in map(get, grams) if i is not None]
 
@@ -253,7 +257,7 @@ class TfidfVocabulary:
             found = self._word_features(text)
             word_feats += found
             word_counts.append(len(found))
-        subbed = [_WHITE_SPACES.sub(" ", t) for t in texts]
+        subbed = [_SPACE_RUNS.sub(" ", t) for t in texts]
         joined = self._sep.join(subbed) if n_rows > 1 else subbed[0]  # type: ignore[union-attr]
         ids, (pos, feats) = self._char_hits(joined)
         words = np.array(word_feats, dtype=np.int64)
@@ -303,7 +307,7 @@ class TfidfVocabulary:
             idx = keys[starts]
             return SparseRows(np.array([0, idx.size], dtype=np.int64), idx, self._tfidf(idx, counts))
         rows, idx = np.divmod(keys[starts], self.n_features)
-        values = counts * self.idf[idx]
+        values = counts * self.idf.take(idx)
         block = rows * 2 + (idx >= self.n_words)
         bfirst = np.empty(block.size, dtype=bool)
         bfirst[0] = True
@@ -319,7 +323,7 @@ class TfidfVocabulary:
         """One row: count * idf per feature, each block divided by its L2 norm. The sums of squares use
         ``np.add.reduceat`` as the many-row path does (its result for a segment depends on that segment's
         numbers only), so a row has the same floats alone or in a batch."""
-        values = counts * self.idf[idx]
+        values = counts * self.idf.take(idx)
         k = int(idx.searchsorted(self.n_words))
         if 0 < k < idx.size:
             wn, cn = np.sqrt(np.add.reduceat(values * values, [0, k])).tolist()

@@ -285,3 +285,110 @@ def test_cuckoo_table_finds_exactly_the_stored_keys() -> None:
     assert table.lookup(queries).tolist() == [index[int(k)] for k in queries if int(k) in index]
     with pytest.raises(ValueError, match="keys"):
         CuckooTable([0], [1])
+
+
+# ------------------------------------------------------------------------------------------------
+# regex ASCII twins and the bound policy call (issue 7, second round): the same results as before
+
+def _twins() -> dict[str, object]:
+    from router import features, ood, tfidf
+
+    return {"ood._WS": ood._WS, "ood._WORD": ood._WORD, "ood._ALNUM": ood._ALNUM, "tfidf._WORD_TOKEN": tfidf._WORD_TOKEN,
+            "tfidf._SPACE_RUNS": tfidf._SPACE_RUNS, "features._TOKENS": features._TOKENS}
+
+
+def test_ascii_twins_match_their_originals_on_ascii_text() -> None:
+    import re
+
+    from router import tfidf
+    from router.features import _TOKEN
+    from router.ood import prepare_text
+
+    g = np.random.default_rng(0)
+    ascii_chars = [chr(c) for c in range(128)]
+    texts = ascii_chars + [a + b for a in ascii_chars for b in "a _\x1c\t9 \x0b"] + [
+        "".join(g.choice(ascii_chars, size=int(g.integers(1, 60)))) for _ in range(400)] + [
+        "".join(g.choice(list("ab_9 \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f.-"), size=40)) for _ in range(200)] + [
+        p for p in PROMPTS if p.isascii()]
+    assert all(t.isascii() for t in texts)
+    for name, twin in _twins().items():
+        for t in texts:
+            assert twin.twin.findall(t) == twin.original.findall(t), (name, t)  # type: ignore[attr-defined]
+            assert twin.twin.sub("|", t) == twin.original.sub("|", t), (name, t)  # type: ignore[attr-defined]
+            a, b = twin.twin.search(t), twin.original.search(t)  # type: ignore[attr-defined]
+            assert (a and a.span()) == (b and b.span()), (name, t)
+    # the serving copies are the training analyzers' patterns, and non-ASCII text takes the original
+    assert tfidf._WORD_TOKEN.original.pattern == tfidf.WORD_TOKEN.pattern
+    assert tfidf._SPACE_RUNS.original.pattern == tfidf._WHITE_SPACES.pattern
+    assert _twins()["features._TOKENS"].original.pattern == _TOKEN.pattern  # type: ignore[attr-defined]
+    assert tfidf._WORD_TOKEN.findall("naïve ñandú x2") == re.findall(r"(?u)\b\w\w+\b", "naïve ñandú x2")
+    assert prepare_text("A\x1cB\u2003C  d", 100) == "a b c d"  # \x1c and an em space are whitespace either way
+
+
+def test_bound_policy_call_equals_session_run(bundle: Bundle) -> None:
+    import threading
+
+    from router.policy import HEADS, _BoundRun
+
+    scorer = Router(bundle).scorer
+    if scorer.info.layout != "model_feature":
+        pytest.skip("per_arm policies go through predict_batch")
+    d = scorer.info.n_context
+    g = np.random.default_rng(2)
+    x = g.normal(size=(200, d)).astype(np.float32)
+    x[::7, ::5] = np.nan
+    x[::11] *= 1e6
+
+    def plain(row: np.ndarray) -> list[np.ndarray]:
+        rows = scorer._template.copy()
+        rows[:, :d] = row
+        q, c, l = (o.reshape(-1) for o in scorer.session.run(list(HEADS), {"features": rows}))
+        return [q, np.exp(c) if "cost" in scorer.info.log_heads else c, np.exp(l) if "latency" in scorer.info.log_heads else l]
+
+    want = [plain(row) for row in x]
+    got = [scorer.predict(row) for row in x]
+    assert isinstance(scorer._local.run, _BoundRun)  # the bound call is what ran
+    for w, h in zip(want, got):
+        assert [a.tobytes() for a in w] == [h.quality.tobytes(), h.cost_usd.tobytes(), h.latency_ms.tobytes()]
+    assert got[0].quality.tobytes() == want[0][0].tobytes()  # not overwritten by later calls (copies)
+
+    # one binding per thread: concurrent calls never see another thread's context
+    errors: list[int] = []
+
+    def worker(offset: int) -> None:
+        for i in range(offset, len(x), 4):
+            h = scorer.predict(x[i])
+            if h.quality.tobytes() != want[i][0].tobytes() or h.latency_ms.tobytes() != want[i][2].tobytes():
+                errors.append(i)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_policy_without_io_binding_falls_back_to_session_run(bundle: Bundle) -> None:
+    router = Router(bundle)
+    scorer = router.scorer
+    if scorer.info.layout != "model_feature":
+        pytest.skip("per_arm policies go through predict_batch")
+
+    class NoBinding:
+        def __init__(self, session: object) -> None:
+            self._session = session
+
+        def io_binding(self) -> None:
+            raise RuntimeError("no I/O binding here")
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._session, name)
+
+    x = np.random.default_rng(3).normal(size=scorer.info.n_context).astype(np.float32)
+    want = scorer.predict(x)
+    other = Router(bundle).scorer
+    other.session = NoBinding(other.session)  # type: ignore[assignment]
+    got = other.predict(x)
+    assert other._local.run is False
+    assert got.quality.tobytes() == want.quality.tobytes() and got.cost_usd.tobytes() == want.cost_usd.tobytes()
