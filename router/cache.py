@@ -339,13 +339,7 @@ class ResponseCache:
         use_verifier = self.verifier is not None and pol.verifier_cutoff is not None
         threshold = pol.threshold - relax * self.policy.load_adaptation.max_threshold_relax
         floor = self.verifier.info.candidate_floor if use_verifier else threshold  # type: ignore[union-attr]
-        with self._lock:
-            keys, sims = part.index.search(vec, self.policy.top_k)
-        cands = [(k, s) for k, s in zip(keys, sims) if s >= floor]
-        if not cands:
-            return None
-        docs = self._fetch([k for k, _ in cands], tenant, category, now_s)
-        valid = [(d, s) for d, (_, s) in zip(docs, cands) if d is not None and d.context_key == ctx]
+        valid = self._valid(part, vec, self.policy.top_k, floor, tenant, category, now_s, ctx)
         if not valid:
             return None
         if not use_verifier:
@@ -383,13 +377,7 @@ class ResponseCache:
         online = self.policy.online
         assert online is not None
         use_verifier, mu0, floor = self._online_params(pol, relax)
-        with self._lock:
-            keys, sims = part.index.search(vec, max(online.top_k, self.policy.top_k))  # type: ignore[union-attr]
-        cands = [(k, s) for k, s in zip(keys, sims) if s >= floor]
-        if not cands:
-            return None
-        docs = self._fetch([k for k, _ in cands], tenant, category, now_s)
-        valid = [(d, s) for d, (_, s) in zip(docs, cands) if d is not None and d.context_key == ctx]
+        valid = self._valid(part, vec, max(online.top_k, self.policy.top_k), floor, tenant, category, now_s, ctx)
         if not valid:
             return None
         cand = self._candidates(text, valid, category, use_verifier)
@@ -440,6 +428,17 @@ class ResponseCache:
                 part.evidence = OnlineEvidence(online)
             part.evidence.observe(answer_cluster(doc.answer), cand, floor)
             self.stats.feedback_pairs += len(cand)
+
+    def _valid(self, part: _Partition, vec: np.ndarray, k: int, floor: float, tenant: str, category: str,
+               now_s: float, ctx: str) -> list[tuple[CachedDoc, float]]:
+        """The nearest ``k`` entries at or above ``floor`` whose documents exist, are live and share ``ctx``."""
+        with self._lock:
+            keys, sims = part.index.search(vec, k)
+        cands = [(key, s) for key, s in zip(keys, sims) if s >= floor]
+        if not cands:
+            return []
+        docs = self._fetch([key for key, _ in cands], tenant, category, now_s)
+        return [(d, s) for d, (_, s) in zip(docs, cands) if d is not None and d.context_key == ctx]
 
     def _fetch(self, keys: list[str], tenant: str, category: str, now_s: float) -> list[CachedDoc | None]:
         """Documents that may be served: right tenant/category and not expired; the rest are None
