@@ -252,37 +252,51 @@ async def _load(url: str, bodies: Sequence[dict[str, Any]], concurrency: int, ra
 
     if rate is not None:
         return await _load_open(url, bodies, concurrency, rate, seed)
-    lat = np.full(len(bodies), np.nan)
-    status: Counter[int] = Counter()
-    models: Counter[str] = Counter()
-    decision_ms: list[float] = []
-    tiers = np.full(len(bodies), "", dtype=object)
+    tally = _Tally(len(bodies))
     it = iter(range(len(bodies)))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
         async def worker() -> None:
             for i in it:
-                t0 = time.perf_counter()
-                try:
-                    r = await client.post(url, json=bodies[i])
-                    code = r.status_code
-                except httpx.HTTPError:
-                    code = 0
-                lat[i] = (time.perf_counter() - t0) * 1000.0
-                status[code] += 1
-                if code == 200:
-                    body = r.json()
-                    models[body.get("model", "?")] += 1
-                    t = body.get("turnout") or {}
-                    tiers[i] = str(t.get("cache_tier", ""))
-                    if t.get("decision_ms") is not None:
-                        decision_ms.append(float(t["decision_ms"]))
+                await tally.post(client, url, bodies[i], i, time.perf_counter())
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    return {"latency_ms": lat, "wall_s": wall, "status": dict(status), "models": dict(models), "decision_ms": decision_ms,
-            "cache_tier": tiers}
+    return tally.result(wall)
+
+
+class _Tally:
+    """Per-request latency (ms, from ``start``), statuses, models, cache tiers and decision times of one load."""
+
+    def __init__(self, n: int) -> None:
+        self.lat = np.full(n, np.nan)
+        self.status: Counter[int] = Counter()
+        self.models: Counter[str] = Counter()
+        self.decision_ms: list[float] = []
+        self.tiers = np.full(n, "", dtype=object)
+
+    async def post(self, client: Any, url: str, body: dict[str, Any], i: int, start: float) -> None:
+        import httpx
+
+        try:
+            r = await client.post(url, json=body)
+            code = r.status_code
+        except httpx.HTTPError:
+            code = 0
+        self.lat[i] = (time.perf_counter() - start) * 1000.0
+        self.status[code] += 1
+        if code == 200:
+            answer = r.json()
+            self.models[answer.get("model", "?")] += 1
+            t = answer.get("turnout") or {}
+            self.tiers[i] = str(t.get("cache_tier", ""))
+            if t.get("decision_ms") is not None:
+                self.decision_ms.append(float(t["decision_ms"]))
+
+    def result(self, wall: float) -> dict[str, Any]:
+        return {"latency_ms": self.lat, "wall_s": wall, "status": dict(self.status), "models": dict(self.models),
+                "decision_ms": self.decision_ms, "cache_tier": self.tiers}
 
 
 async def _load_open(url: str, bodies: Sequence[dict[str, Any]], connections: int, rate: float,
@@ -291,11 +305,7 @@ async def _load_open(url: str, bodies: Sequence[dict[str, Any]], connections: in
 
     n = len(bodies)
     starts = np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, n))
-    lat = np.full(n, np.nan)
-    status: Counter[int] = Counter()
-    models: Counter[str] = Counter()
-    decision_ms: list[float] = []
-    tiers = np.full(n, "", dtype=object)
+    tally = _Tally(n)
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
         t0 = time.perf_counter()
@@ -303,25 +313,11 @@ async def _load_open(url: str, bodies: Sequence[dict[str, Any]], connections: in
         async def one(i: int) -> None:
             due = t0 + starts[i]
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            try:
-                r = await client.post(url, json=bodies[i])
-                code = r.status_code
-            except httpx.HTTPError:
-                code = 0
-            lat[i] = (time.perf_counter() - due) * 1000.0
-            status[code] += 1
-            if code == 200:
-                body = r.json()
-                models[body.get("model", "?")] += 1
-                t = body.get("turnout") or {}
-                tiers[i] = str(t.get("cache_tier", ""))
-                if t.get("decision_ms") is not None:
-                    decision_ms.append(float(t["decision_ms"]))
+            await tally.post(client, url, bodies[i], i, due)
 
         await asyncio.gather(*(one(i) for i in range(n)))
         wall = time.perf_counter() - t0
-    return {"latency_ms": lat, "wall_s": wall, "status": dict(status), "models": dict(models), "decision_ms": decision_ms,
-            "cache_tier": tiers}
+    return tally.result(wall)
 
 
 def _profile(url: str, bodies: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any] | None:

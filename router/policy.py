@@ -28,6 +28,7 @@ from pydantic import Field
 
 from router.config import Exploration, Preference, _Frozen
 from router.errors import ArtifactError
+from router.onnx_session import bound_runner
 from router.types import FloatArray
 
 HEADS = ("quality", "cost", "latency")
@@ -141,8 +142,8 @@ class PolicyScorer:
 class _BoundRun:
     """``PolicyScorer.predict``'s ONNX call with I/O binding (as ``router.replica.BoundScorer``): one
     preallocated input (the one-hot template, context columns overwritten per call) and one output
-    buffer per head, bound once; the run goes through the session's pybind object with one reused
-    ``RunOptions``. Saves ~15 µs of per-call input/output conversion. Not thread-safe: one per thread.
+    buffer per head, bound once; the run goes through ``router.onnx_session.bound_runner``. Saves
+    ~15 µs of per-call input/output conversion. Not thread-safe: one per thread.
     ``make`` returns False (the caller keeps ``session.run``) when binding is unavailable or a trial
     run does not reproduce ``session.run`` bit for bit."""
 
@@ -159,13 +160,7 @@ class _BoundRun:
         for name, buf in zip(HEADS, self.out):
             binding.bind_output(name, "cpu", 0, np.float32, [k, 1], buf.ctypes.data)
         self._binding = binding
-        sess, raw = getattr(session, "_sess", None), getattr(binding, "_iobinding", None)
-        if sess is not None and raw is not None and hasattr(sess, "run_with_iobinding"):
-            import onnxruntime
-
-            self._run, self._args = sess.run_with_iobinding, (raw, onnxruntime.RunOptions())
-        else:
-            self._run, self._args = session.run_with_iobinding, (binding,)
+        self._run, self._args = bound_runner(session, binding)
 
     @classmethod
     def make(cls, scorer: PolicyScorer) -> _BoundRun | bool:

@@ -386,10 +386,8 @@ class BoundScorer:
 
     ONNX Runtime I/O binding to ``x``'s and an output array's memory: a call copies nothing in or out
     and allocates nothing (the serving hot path; ``predict`` converts a dict of arrays each call). The
-    binding runs through the session's pybind object with one reused ``RunOptions`` when onnxruntime
-    exposes it (``InferenceSession._sess``; ~2 us less per call than the Python wrapper, which re-checks
-    WebGPU graph capture every call), else through ``run_with_iobinding``. The returned ``(n,)`` array
-    is overwritten by the next call; ``x`` must outlive this object (it is kept).
+    binding runs through ``router.onnx_session.bound_runner`` (the session's pybind call when it can).
+    The returned ``(n,)`` array is overwritten by the next call; ``x`` must outlive this object (it is kept).
 
     Raises:
         ValueError: ``x`` is not float32, C-contiguous, ``(n, len(REPLICA_FEATURE_NAMES))``.
@@ -409,17 +407,9 @@ class BoundScorer:
         binding.bind_input(scorer._input, "cpu", 0, np.float32, list(x.shape), x.ctypes.data)
         binding.bind_output(scorer._output, "cpu", 0, np.float32, [x.shape[0], 1], self.y.ctypes.data)
         self._binding = binding
-        sess, raw = getattr(session, "_sess", None), getattr(binding, "_iobinding", None)
-        if sess is not None and raw is not None and hasattr(sess, "run_with_iobinding"):
-            import onnxruntime
+        from router.onnx_session import bound_runner
 
-            self._run, self._args = sess.run_with_iobinding, (raw, onnxruntime.RunOptions())
-            try:  # one trial run: a private call whose signature changed must not fail every decision
-                self._run(*self._args)
-            except Exception:
-                self._run, self._args = session.run_with_iobinding, (binding,)
-        else:  # another onnxruntime layout: the public wrapper
-            self._run, self._args = session.run_with_iobinding, (binding,)
+        self._run, self._args = bound_runner(session, binding)
 
     def __call__(self) -> np.ndarray:
         """Predicted log TTFT of the rows ``x`` holds now, shape ``(n,)`` (reused)."""
