@@ -351,6 +351,9 @@ class ReplicaScorer:
         from router.onnx_session import make_session
 
         path = Path(path)
+        if not path.exists():
+            raise ArtifactError(f"no replica model at {path}: expected a directory written by "
+                                f"`turnout train replicas` ({REPLICA_MODEL_FILE} + {REPLICA_MANIFEST_FILE})")
         onnx_path = path / REPLICA_MODEL_FILE if path.is_dir() else path
         manifest_path = onnx_path.with_name(REPLICA_MANIFEST_FILE)
         try:

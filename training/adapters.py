@@ -796,13 +796,18 @@ def _sharegpt_row(obj: Mapping[str, Any], where: str) -> ReplayPrompt | None:
 
 # ---------------------------------------------------------------------------------------------- csv traces
 
-# Recognised header names (case-insensitive) when no column option is given; the Azure LLM inference
-# traces use ``TIMESTAMP,ContextTokens,GeneratedTokens``.
+# Recognised header names when no column option is given, compared after ``_column_key`` (case, spaces,
+# ``_`` and ``-`` ignored): the Azure LLM inference traces use ``TIMESTAMP,ContextTokens,GeneratedTokens``,
+# BurstGPT ``Timestamp,...,Request tokens,Response tokens``, Mooncake-style exports ``input_length``.
 CSV_TRACE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "timestamp": ("timestamp", "time", "arrival_time"),
-    "input": ("context_tokens", "contexttokens", "input_tokens", "prompt_tokens"),
-    "output": ("generated_tokens", "generatedtokens", "output_tokens", "completion_tokens"),
+    "timestamp": ("timestamp", "time", "arrival_time", "arrival_timestamp"),
+    "input": ("context_tokens", "input_tokens", "prompt_tokens", "request_tokens", "input_length", "prompt_length"),
+    "output": ("generated_tokens", "output_tokens", "completion_tokens", "response_tokens", "output_length"),
 }
+
+
+def _column_key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
 CSV_TIME_UNITS: dict[str, float] = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 
@@ -842,14 +847,15 @@ def csv_trace_rows(path: Path, *, timestamp_column: str | None = None, input_col
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
             with _csv_errors(path, reader):
-                header = [h.strip().lower() for h in next(reader, [])]
+                header = [h.strip() for h in next(reader, [])]
+                keys = [_column_key(h) for h in header]
                 cols: dict[str, int] = {}
                 for key, names in CSV_TRACE_COLUMNS.items():
-                    choices = (named[key].strip().lower(),) if named[key] else names
-                    found = next((header.index(n) for n in choices if n in header), None)
+                    choices = (named[key].strip(),) if named[key] else names
+                    found = next((keys.index(_column_key(n)) for n in choices if _column_key(n) in keys), None)
                     if found is None:
-                        raise DataFormatError(f"{path}: no {key} column; expected one of {', '.join(choices)}; "
-                                              f"header is {header}")
+                        raise DataFormatError(f"{path}: no {key} column; expected one of {', '.join(choices)} "
+                                              f"(case, spaces and _ ignored); header is {header}")
                     cols[key] = found
                 for cells in reader:
                     if not cells:

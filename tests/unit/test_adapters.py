@@ -422,9 +422,20 @@ def test_csv_trace_converts_with_default_and_named_columns(tmp_path: Path) -> No
     assert [(r.timestamp_s, r.input_tokens, r.output_tokens) for r in rows] == [(0.0, 20, 3), (1.5, 10, 2)]
 
 
+def test_csv_trace_recognises_burstgpt_headers(tmp_path: Path) -> None:
+    """BurstGPT names its columns ``Request tokens`` / ``Response tokens`` (spaces, capitals); failed
+    requests have 0 response tokens and still arrive."""
+    src = tmp_path / "burst.csv"
+    src.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                   "5,ChatGPT,472,18,490,Conversation log\n7,GPT-4,1100,0,1100,API log\n")
+    convert("csv", src, tmp_path / "b.jsonl")
+    rows = read_jsonl(tmp_path / "b.jsonl", "trace")
+    assert [(r.timestamp_s, r.input_tokens, r.output_tokens) for r in rows] == [(0.0, 472, 18), (2.0, 1100, 0)]
+
+
 CSV_ERRORS = [
     ("time,prompt,output_tokens\n0.5,10,2\n", {}, r"x\.csv: no input column; expected one of context_tokens"),
-    ("time,n,output_tokens\n0.5,10,2\n", {"input_column": "tokens_in"}, r"no input column; expected one of tokens_in; header is"),
+    ("time,n,output_tokens\n0.5,10,2\n", {"input_column": "tokens_in"}, r"no input column; expected one of tokens_in \(case, spaces and _ ignored\); header is"),
     ("time,input_tokens,output_tokens\n0.5,10,2\nsoon,1,1\n", {}, r"x\.csv:3: cannot parse"),
     ("time,input_tokens,output_tokens\n0.5,-10,2\n", {}, r"x\.csv:2: timestamp must be finite and token counts >= 0"),
     ("time,input_tokens,output_tokens\n", {}, r"x\.csv: the CSV trace has no rows"),

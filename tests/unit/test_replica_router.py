@@ -290,8 +290,11 @@ def test_scorer_refuses_a_mismatched_or_corrupt_model(quick_model: Path, tmp_pat
     (bad / "replicas.onnx").write_bytes((bad / "replicas.onnx").read_bytes()[:-10])
     with pytest.raises(ArtifactError, match="does not match replicas.json"):
         ReplicaScorer(bad)
-    with pytest.raises(ArtifactError, match="cannot read the replica model"):
+    with pytest.raises(ArtifactError, match="no replica model at .*missing: expected a directory"):
         ReplicaScorer(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ArtifactError, match="cannot read the replica model"):
+        ReplicaScorer(tmp_path / "empty")
 
 
 # ---------------------------------------------------------------------------------------------- Serve router
