@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from router.errors import ArtifactError, FeatureMismatchError
+from router.request import estimate_tokens
 
 BLOCK_TOKENS = 512  # Mooncake's KV block: prefix hash i covers tokens [512 i, 512 (i + 1))
 BLOCK_CHARS = 4 * BLOCK_TOKENS  # without a tokenizer, ~4 characters per token (router.request.estimate_tokens)
@@ -97,7 +98,7 @@ def request_from_body(body: Any) -> ReplicaRequest:
     ``metadata.prefix_hashes`` override the estimates (trace replay). Anything unexpected gives an empty
     request, never an exception (this runs on the routing path)."""
     if isinstance(body, str):
-        return ReplicaRequest(max(1, (len(body) + 3) // 4), prompt_block_hashes(body))
+        return ReplicaRequest(estimate_tokens(body), prompt_block_hashes(body))
     if not isinstance(body, Mapping):
         return ReplicaRequest(0)
     meta = body.get("metadata")
@@ -107,7 +108,7 @@ def request_from_body(body: Any) -> ReplicaRequest:
     if isinstance(messages, list):
         text = "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, Mapping))
     n_in = meta.get("input_tokens")
-    n_in = n_in if isinstance(n_in, int) and not isinstance(n_in, bool) and n_in >= 0 else max(1, (len(text) + 3) // 4)
+    n_in = n_in if isinstance(n_in, int) and not isinstance(n_in, bool) and n_in >= 0 else estimate_tokens(text)
     hashes = meta.get("prefix_hashes")
     if isinstance(hashes, list) and all(isinstance(h, int) for h in hashes):
         return ReplicaRequest(n_in, tuple(hashes))

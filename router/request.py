@@ -53,6 +53,12 @@ def estimate_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4)
 
 
+def _no_constant(name: str) -> Any:
+    """Python's json accepts ``NaN``/``Infinity``; JSON does not, and an upstream (httpx) refuses to send
+    them -- a client's NaN must be its 400 here, not a failed model call that trips circuit breakers."""
+    raise RequestError(f"not valid JSON ({name} is not a JSON number)")
+
+
 def decode_json_object(raw: bytes) -> dict[str, Any]:
     """Strict UTF-8 -> JSON -> object; the one place raw client/file bytes become a dict.
 
@@ -63,7 +69,7 @@ def decode_json_object(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise RequestError(f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from e
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         where = f"column {e.colno}" if e.lineno == 1 else f"line {e.lineno} column {e.colno}"
         raise RequestError(f"not valid JSON ({e.msg} at {where})") from e

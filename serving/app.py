@@ -1,7 +1,8 @@
 """The Ray Serve application: a FastAPI gateway ingress in front of one deployment per model.
 
     HTTP -> Gateway (router in-process: classify, cache, choose model; logs decisions)
-              -> LLM_<model> deployments (replica chosen by serving.replica_router.Pow2ReplicaRouter)
+              -> LLM_<model> deployments (replica chosen by serving.replica_router: Pow2ReplicaRouter, or
+                 LearnedReplicaRouter with replica_routing.kind: learned)
 
 ``build_app(args)`` is the typed builder used by ``turnout serve`` and by ``serve run``.
 
@@ -390,6 +391,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> serve.Application:
     if cfg.tenants or cfg.default_rate_limit:
         TenantDirectory(cfg.tenants, cfg.default_rate_limit)  # fails here, naming a missing key env var
     backend = cfg.backend.model_dump()
+    engine = backend.pop("engine", None)  # simulated backend only: see serving.config.SimulatedBackend
     models = {}
     for m in bundle.manifest.router.model_names:
         opts = cfg.deployment(m)
@@ -397,7 +399,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> serve.Application:
             name=f"LLM_{m}", num_replicas=opts.num_replicas, max_ongoing_requests=opts.max_ongoing_requests,
             ray_actor_options={"num_cpus": opts.num_cpus},
             request_router_config=replica_router_config(cfg),
-        ).bind(m, backend, cfg.base_dir)
+        ).bind(m, backend, cfg.base_dir, engine)
     g = cfg.gateway
     return Gateway.options(num_replicas=g.num_replicas, max_ongoing_requests=g.max_ongoing_requests,
                            ray_actor_options={"num_cpus": g.num_cpus},

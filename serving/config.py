@@ -7,9 +7,9 @@ working directory. Defaults fit a 2-CPU machine: fractional CPUs for every repli
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from router.config import Preference, _Frozen, load_yaml, validate_config
 from router.cache_store import CacheStoreSettings
@@ -20,12 +20,34 @@ from serving.tenants import RateLimit, TenantConfig
 
 
 class SimulatedBackend(_Frozen):
-    """SIMULATED models (labelled as such in every response): latency and quality from the world."""
+    """SIMULATED models (labelled as such in every response): latency and quality from the world.
+
+    ``engine`` (a ``training.engine.SimulatedReplicaSpec``) runs the replica engine model in each replica
+    instead: requests queue, batch and hit a prefix cache, latency comes from the engine, and replicas
+    report the engine's stats -- what ``replica_routing.kind: learned`` scores. Without it replicas report
+    in-flight counts only, so the learned replica router always falls back to pow2.
+    """
 
     kind: Literal["simulated"] = "simulated"
     world: str = "world.yaml"
     time_scale: float = Field(default=0.02, gt=0, le=10, description="wall seconds per simulated second")
     seed: int = 0
+    engine: dict[str, Any] | None = Field(default=None, description=(
+        "replica engine model: {config: {...EngineConfig}, time_scale, slowdown_by_rank}; null = off"))
+
+    @model_validator(mode="after")
+    def _engine_spec(self) -> SimulatedBackend:
+        if self.engine is not None:  # validated here, at config load, not in a replica at deploy time
+            from pydantic import ValidationError
+
+            from training.engine import SimulatedReplicaSpec
+
+            try:
+                SimulatedReplicaSpec.model_validate(self.engine)
+            except ValidationError as e:
+                raise ValueError("; ".join(f"backend.engine.{'.'.join(map(str, x['loc']))}: {x['msg']}"
+                                           for x in e.errors())) from None
+        return self
 
 
 class OpenAIBackend(_Frozen):

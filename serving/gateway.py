@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import math
 import threading
 import time
@@ -44,6 +45,8 @@ from serving.request_ids import new_request_id
 from serving.reload import BundleWatcher, verify_router
 from serving.resilience import CircuitBreaker, FailoverConfig, failover_order
 from serving.tenants import DEFAULT_TENANT, AuthError, TenantDirectory, retry_after_header
+
+_LOG = logging.getLogger("turnout.gateway")
 
 ModelCaller = Callable[[str, dict[str, Any], str], Awaitable[ModelReply]]
 # yields text deltas (str), then exactly one ModelReply
@@ -332,6 +335,16 @@ class GatewayCore:
         return {m: self.inflight[m] / cap for m, cap in self.capacity.items() if cap > 0}
 
     async def _learn(self, call: _Call, reply: ModelReply, served: str) -> None:
+        """Cache the answer and feed the online correction. The model has answered by now: a failure
+        here (a cache insert, an index rebuild) is logged and counted, never the client's error."""
+        try:
+            await self._learn_unguarded(call, reply, served)
+        except Exception as e:  # noqa: BLE001 -- the answer must still reach the client
+            _LOG.warning("request %s: storing the answer failed: %s: %s", call.decision.request_id,
+                         type(e).__name__, e)
+            self.metrics.error("learn", served)
+
+    async def _learn_unguarded(self, call: _Call, reply: ModelReply, served: str) -> None:
         router = self.routers.get(call.arm)
         if router is None or router.version != call.decision.bundle_version:
             return  # the arm was reloaded meanwhile; do not teach the new router about the old decision

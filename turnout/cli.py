@@ -274,8 +274,9 @@ def cmd_retrain(a: argparse.Namespace) -> int:
     from training.retrain import RetrainSettings, retrain
 
     console = Console(stderr=True)
-    settings = RetrainSettings(holdout_frac=a.holdout, n_bootstrap=a.bootstrap, min_improvement=a.min_improvement,
-                               min_ess=a.min_ess, max_fit_rows=a.max_fit_rows, seed=a.seed,
+    given = {"holdout_frac": a.holdout, "n_bootstrap": a.bootstrap, "min_improvement": a.min_improvement,
+             "min_ess": a.min_ess, "max_fit_rows": a.max_fit_rows}
+    settings = RetrainSettings(**{k: v for k, v in given.items() if v is not None}, seed=a.seed,
                                refit_classifier=not a.keep_classifier, refit_cache=a.refit_cache,
                                bundle_version=a.version)
     backend = None
@@ -441,11 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--json", action="store_true", help="print the outcome as JSON on stdout")
     rt.add_argument("--ray", action="store_true", help="run on a Ray cluster (Ray Data, Ray Train LightGBM, Ray tasks)")
     rt.add_argument("--ray-address", default=None, help="Ray address (default: auto-detect or start a local cluster)")
-    rt.add_argument("--holdout", type=_fraction, default=0.3, help="newest share of rounds held out for OPE")
-    rt.add_argument("--bootstrap", type=_positive_int, default=200)
-    rt.add_argument("--min-improvement", type=float, default=0.0, help="promote iff the CI low of the DR utility gain exceeds this")
-    rt.add_argument("--min-ess", type=float, default=100.0, help="minimum effective sample size for OPE")
-    rt.add_argument("--max-fit-rows", type=_positive_int, default=50_000, help="policy trees fit on at most this many rounds (uniform sample)")
+    # defaults (None here) live once, in training.retrain.RetrainSettings (imported only when retrain runs)
+    rt.add_argument("--holdout", type=_fraction, default=None, help="newest share of rounds held out for OPE (default 0.3)")
+    rt.add_argument("--bootstrap", type=_positive_int, default=None, help="bootstrap resamples (default 200)")
+    rt.add_argument("--min-improvement", type=float, default=None, help="promote iff the CI low of the DR utility gain exceeds this (default 0)")
+    rt.add_argument("--min-ess", type=float, default=None, help="minimum effective sample size for OPE (default 100)")
+    rt.add_argument("--max-fit-rows", type=_positive_int, default=None, help="policy trees fit on at most this many rounds (uniform sample; default 50,000)")
     rt.add_argument("--keep-classifier", action="store_true", help="do not refit the classifier even if labels are logged")
     rt.add_argument("--refit-cache", action="store_true", help="also refit the cache policy (`turnout train cache`; "
                     "encodes every logged prompt, slow on large logs)")

@@ -77,3 +77,16 @@ def test_user_errors_exit_2_with_a_clear_message(argv: list[str], message: str, 
         .replace("  large:\n", "  gpt-9:\n"))
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_retrain_help_states_the_settings_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    """The flags default to None (RetrainSettings holds the values); their help text must not drift."""
+    from training.retrain import RetrainSettings
+
+    d = RetrainSettings()
+    with pytest.raises(SystemExit):
+        main(["retrain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for value in (d.holdout_frac, d.n_bootstrap, d.min_improvement, d.min_ess, d.max_fit_rows):
+        shown = f"{value:,}" if isinstance(value, int) else f"{value:g}"
+        assert f"(default {shown})" in text or f"default {shown})" in text, (value, text)

@@ -63,6 +63,8 @@ def _user(text: str = PROMPT, **extra: object) -> dict[str, object]:
 
 INVALID: list[tuple[str, object | bytes, int, str]] = [
     ("malformed-json", b'{"messages": [', 400, "request body is not valid JSON ("),
+    ("nan-number", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400,
+     "request body is not valid JSON (NaN is not a JSON number)"),
     ("invalid-utf8", b'{"messages": "\xff\xfe"}', 400, "request body is not valid UTF-8 (byte 0xff at offset 14)"),
     ("body-is-list", [{"role": "user", "content": "hi"}], 400, "request body must be a JSON object; got list"),
     ("missing-messages", {"model": "auto"}, 400, "missing required field 'messages'"),
@@ -192,6 +194,23 @@ def test_second_identical_request_is_a_cache_hit(bundle: Bundle, log: DecisionLo
     t = second.body["turnout"]
     assert (t["cache_hit"], t["policy"], t["propensity"], t["cost_usd"]) == (True, "cache", 1.0, 0.0)
     assert second.body["choices"][0]["message"]["content"] == first.body["choices"][0]["message"]["content"]
+
+
+def test_a_failing_cache_insert_still_returns_the_answer(bundle: Bundle, log: DecisionLogWriter,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """The model has answered: a broken cache store is logged, never a 500 that loses the answer."""
+    core = _core(bundle, log)
+    router = core.routers[next(iter(core.routers))]
+
+    def broken_insert(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    router.cache.insert = broken_insert  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="turnout.gateway"):
+        reply = _chat(core, _user())
+    assert reply.status == 200 and reply.body["choices"][0]["message"]["content"] == "answer from " + reply.body["model"]
+    assert "storing the answer failed: OSError: disk full" in caplog.text
+    assert len(log) == 1
 
 
 def test_cached_answers_are_reused_only_under_the_same_generation_parameters(bundle: Bundle,

@@ -70,3 +70,20 @@ def test_missing_key_env_fails_at_build_time(tmp_path: Path, bundle: Bundle, mon
     path = _write(tmp_path, bundle, tenants={"acme": {"api_key_envs": ["TURNOUT_TEST_KEY_UNSET"]}})
     with pytest.raises(ValueError, match="TURNOUT_TEST_KEY_UNSET"):
         build_app({"config_file": str(path)})
+
+
+def test_engine_model_reaches_every_model_deployment(tmp_path: Path, bundle: Bundle) -> None:
+    """``backend.engine`` is what lets replicas report engine stats to the learned replica router; a bad
+    engine setting fails at config load, naming the field."""
+    from serving.app import build_app
+
+    world = str(Path("configs/world.yaml").resolve())
+    engine = {"time_scale": 0.5, "config": {"prefix_cache_blocks": 64}}
+    path = _write(tmp_path, bundle, backend={"kind": "simulated", "world": world, "engine": engine})
+    gateway = build_app({"config_file": str(path)})._bound_deployment
+    models = gateway.init_args[1]
+    assert models and all(m._bound_deployment.init_args[3] == engine for m in models.values())
+    assert all("engine" not in m._bound_deployment.init_args[1] for m in models.values())
+    bad = _write(tmp_path, bundle, backend={"kind": "simulated", "world": world, "engine": {"time_scale": 0}})
+    with pytest.raises(ConfigError, match=r"backend\.engine\.time_scale: Input should be greater than 0"):
+        load_serve_config(bad)
