@@ -52,8 +52,8 @@ class ModelReply:
 class BackendError(Exception):
     """The backend failed (timeout, upstream 5xx, bad upstream payload, overload: ``status`` 503).
 
-    ``retryable``: another attempt (same or next model) may succeed; False for an upstream 4xx, which
-    says the request itself is unacceptable there."""
+    ``retryable``: another attempt (same or next model) may succeed; False for an upstream 400/413/422,
+    which says the request itself is unacceptable there."""
 
     def __init__(self, message: str, *, status: int = 502, retryable: bool = True, replica_lost: bool = False) -> None:
         super().__init__(message)
@@ -169,10 +169,12 @@ class OpenAIUpstream:
                 text = (await resp.aread()).decode("utf-8", "replace")[:200]
                 await resp.aclose()
                 # the upstream refused this request (too many tokens, bad parameter): the client's mistake
-                # -> 400, except an upstream auth/config failure (401/403/404 on our key or model name) -> 502
-                status = 400 if resp.status_code in CLIENT_STATUSES else 502
+                # -> 400, not retried anywhere. Any other 4xx (401/403/404 on our key or model name) is this
+                # upstream's misconfiguration -> 502, retryable: the gateway counts it against the model's
+                # circuit breaker and fails over to the next model instead of failing every request.
+                client = resp.status_code in CLIENT_STATUSES
                 raise BackendError(f"upstream {self.upstream_model} answered {resp.status_code}: {text}",
-                                   status=status, retryable=False)
+                                   status=400 if client else 502, retryable=not client)
             return resp
         status = 504 if last.startswith("timed out") else 502
         raise BackendError(f"upstream {self.upstream_model} {last} (after {self.retry.attempts} attempts)", status=status)

@@ -30,8 +30,8 @@ FAST_RETRY = RetryPolicy(attempts=3, base_backoff_s=0.01, max_backoff_s=0.02)
 
 
 class FakeUpstream:
-    """Behaviour by upstream model name: ok, slow (sleeps), down (503), bad (400), flaky (503 twice,
-    then ok), stream-slow (one chunk, then sleeps). Counts hits and finished/aborted streams."""
+    """Behaviour by upstream model name: ok, slow (sleeps), down (503), bad (400), misconfigured (401),
+    flaky (503 twice, then ok), stream-slow (one chunk, then sleeps). Counts hits and finished/aborted streams."""
 
     def __init__(self) -> None:
         self.hits: Counter[str] = Counter()
@@ -55,6 +55,8 @@ class FakeUpstream:
             return JSONResponse({"error": "overloaded"}, status_code=503, headers={"Retry-After": "0"})
         if name == "bad":
             return JSONResponse({"error": {"message": "max_tokens too large"}}, status_code=400)
+        if name == "misconfigured":
+            return JSONResponse({"error": {"message": "invalid api key"}}, status_code=401)
         text = f"real answer from {name}"
         if body.get("stream"):
             return StreamingResponse(self._stream(name, text), media_type="text/event-stream")
@@ -131,6 +133,12 @@ def test_client_error_is_not_retried(upstream: FakeUpstream) -> None:
         asyncio.run(_generate(_client(upstream, "bad")))
     assert not e.value.retryable and upstream.hits["bad"] == 1
     assert e.value.status == 400  # the upstream refused the request itself: a client mistake, not a 5xx
+
+
+def test_upstream_misconfiguration_is_a_502_the_gateway_may_fail_over_from(upstream: FakeUpstream) -> None:
+    with pytest.raises(BackendError, match="answered 401: .*invalid api key") as e:
+        asyncio.run(_generate(_client(upstream, "misconfigured")))
+    assert e.value.retryable and e.value.status == 502 and upstream.hits["misconfigured"] == 1
 
 
 def test_timeout_is_per_attempt_and_reported(upstream: FakeUpstream) -> None:
@@ -257,9 +265,13 @@ def test_all_upstreams_slow_is_a_504_at_the_deadline(bundle: Bundle, tmp_path: A
     assert "deadline" in row["error"] and row["latency_ms"] is None
 
 
-def test_gateway_fails_over_to_the_next_ranked_model(bundle: Bundle, tmp_path: Any, upstream: FakeUpstream) -> None:
+@pytest.mark.parametrize("failure", ["down", "misconfigured"])
+def test_gateway_fails_over_to_the_next_ranked_model(bundle: Bundle, tmp_path: Any, upstream: FakeUpstream,
+                                                     failure: str) -> None:
+    """A 503 after retries, or a 401 (our key or model name is wrong there, not the client's fault):
+    the request fails over and the upstream's breaker opens."""
     drawn = _drawn(bundle, tmp_path, upstream)
-    caller = UpstreamCaller(upstream, {m: ("down" if m == drawn else "ok") for m in ("small", "medium", "large")},
+    caller = UpstreamCaller(upstream, {m: (failure if m == drawn else "ok") for m in ("small", "medium", "large")},
                             timeout_s=5)
     core = _core(bundle, tmp_path, caller, deadline_s=5, threshold=1)
 
