@@ -302,7 +302,10 @@ class Gateway:
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         self._ensure_background()
-        return {"status": "ok", "bundle_version": self.core.router.version, "buffered_log_records": len(self.log),
+        log = self.log
+        return {"status": "ok", "bundle_version": self.core.router.version, "buffered_log_records": len(log),
+                "decision_log": {"written": log.n_written, "failed_writes": log.n_failed_writes,
+                                 "dropped": log.n_dropped, "quarantined": log.n_quarantined},
                 **self.core.status()}
 
     @api.get("/metrics")

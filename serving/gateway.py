@@ -650,7 +650,9 @@ class GatewayCore:
         return {"arms": [{"name": a.name, "weight": a.weight, "bundle": a.bundle,
                           "bundle_version": self.routers[a.name].version} for a in self.arms],
                 "breakers": {m: b.state for m, b in self.breakers.items()},
-                "inflight": {m: n for m, n in self.inflight.items() if n}}
+                "inflight": {m: n for m, n in self.inflight.items() if n},
+                # classifier/policy failures each router turned into a fallback decision (never silent)
+                "scoring_failures": {name: r.n_fallbacks for name, r in self.routers.items()}}
 
 
 def replace_arm(arm: Arm, bundle: str) -> Arm:

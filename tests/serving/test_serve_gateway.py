@@ -65,7 +65,9 @@ def test_bad_input_gets_4xx_and_the_server_keeps_serving(serve_app) -> None:  # 
         assert r.status_code == status, r.text
         assert message in r.json()["error"]["message"]
     assert _chat(url, "hello again").status_code == 200
-    assert httpx.get(f"{url}/healthz", timeout=10.0).json()["status"] == "ok"
+    health = httpx.get(f"{url}/healthz", timeout=10.0).json()
+    assert health["status"] == "ok" and health["decision_log"]["quarantined"] == 0
+    assert set(health["scoring_failures"]) == {a["name"] for a in health["arms"]}
 
 
 def test_repeat_hits_the_cache_and_pinning_and_streaming_work(serve_app) -> None:  # type: ignore[no-untyped-def]

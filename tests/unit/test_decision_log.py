@@ -92,3 +92,30 @@ def test_writer_shards_read_back_with_validation(tmp_path: Path) -> None:
     table = read_logs(tmp_path)  # validates every shard against SCHEMA
     assert sorted(table.column("request_id").to_pylist()) == ["r0", "r1", "r2"]
     assert sorted(table.column("features").to_pylist()) == [[0.5, 0.0], [0.5, 1.0], [0.5, 2.0]]
+
+
+@pytest.mark.parametrize("bad", [replace(RECORD, request_id="bad", features=["not a number"]),   # unconvertible
+                                 replace(RECORD, request_id="bad", propensity=2.0)])             # fails validation
+def test_a_bad_record_is_quarantined_and_the_rest_written(tmp_path: Path, bad: LogRecord) -> None:
+    """One record read_logs would refuse must neither block later writes nor poison the directory."""
+    w = DecisionLogWriter(tmp_path, prefix="d", flush_rows=1000, flush_s=3600.0)
+    for r in (replace(RECORD, request_id="a"), bad, replace(RECORD, request_id="b")):
+        w.append(r)
+    w.flush()
+    w.append(replace(RECORD, request_id="c"))
+    w.close()
+    assert sorted(read_logs(tmp_path).column("request_id").to_pylist()) == ["a", "b", "c"]
+    assert (w.n_written, w.n_quarantined, len(w)) == (3, 1, 0)
+    (q,) = tmp_path.glob("d-quarantine-*.jsonl")
+    row = json.loads(q.read_text())
+    assert "request_id='bad'" in row["record"] and row["problem"]
+
+
+def test_a_long_write_outage_keeps_at_most_max_buffer_rows(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the log directory should be")
+    w = DecisionLogWriter(blocker, prefix="d", flush_rows=2, flush_s=3600.0, max_buffer_rows=5)
+    for i in range(9):
+        w.append(replace(RECORD, request_id=f"r{i}"))  # every due flush fails
+    assert len(w) == 5 and w.n_dropped == 4 and w.n_failed_writes >= 1
+    assert [r.request_id for r in w._buffer] == [f"r{i}" for i in range(4, 9)]  # the newest are kept
