@@ -212,14 +212,22 @@ def write_shard(records: Sequence[LogRecord] | pa.Table, out_dir: str | Path, pr
     return path
 
 
-def read_logs(path: str | Path, *, validate: bool = True) -> pa.Table:
-    """Read every ``*.parquet`` shard under ``path`` (a file or directory) into one table."""
+def read_logs(path: str | Path, *, validate: bool = True, feedback: bool = True) -> pa.Table:
+    """Read every ``*.parquet`` decision shard under ``path`` (a file or directory) into one table.
+
+    ``feedback``: for a directory, the ``feedback-*.parquet`` shards under it (``POST /v1/feedback``) are
+    joined (``join_feedback``: the latest quality per request wins). On real traffic that is where quality
+    comes from, so every reader of logs -- training, OPE, A/B reports, retraining -- sees it alike.
+    """
     path = Path(path)
     files = [path] if path.is_file() else sorted(f for f in path.rglob("*.parquet") if not _is_feedback_shard(f))
     if not files:
         raise LogSchemaError(f"no Parquet shards (*.parquet) found under {path}")
     tables = [validate_table(t, source=str(f)) if validate else with_added_fields(t) for f, t in _read_shards(files)]
-    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    if feedback and path.is_dir():
+        table = join_feedback(table, read_feedback(path))
+    return table
 
 
 def _read_shards(files: list[Path]) -> list[tuple[Path, pa.Table]]:

@@ -262,7 +262,7 @@ def load_outcomes(logs_dir: str | Path) -> tuple[pa.Table, int]:
     d = Path(logs_dir)
     if not d.exists():
         raise ABReportError(f"--logs {d}: no such file or directory")
-    logs = read_logs(d)
+    logs = read_logs(d, feedback=False)  # joined below, counting the rows feedback changed
     feedback = read_feedback(d)
     n_feedback = 0
     if feedback.num_rows:

@@ -49,10 +49,13 @@ def test_read_feedback_empty_when_none(tmp_path: Path) -> None:
     assert read_feedback(tmp_path / "absent").num_rows == 0
 
 
-def test_read_logs_ignores_feedback_shards(tmp_path: Path) -> None:
+def test_read_logs_joins_feedback_shards_as_quality(tmp_path: Path) -> None:
+    """Feedback shards are not decision rows; their quality reaches every reader of the logs (training,
+    OPE, A/B) through read_logs, unless a caller asks for the logged quality alone."""
     write_shard(_logs(), tmp_path)
-    write_feedback_shard(tmp_path, [{"request_id": "r-0", "quality": 0.9, "timestamp_s": 2.0}])
-    assert read_logs(tmp_path).num_rows == 3
+    write_feedback_shard(tmp_path, [{"request_id": "r-2", "quality": 0.75, "timestamp_s": 2.0}])
+    assert read_logs(tmp_path).column("quality").to_pylist() == [0.25, 0.25, 0.75]
+    assert read_logs(tmp_path, feedback=False).column("quality").to_pylist() == [0.25, 0.25, None]
 
 
 @pytest.mark.parametrize(("row", "field"), [
