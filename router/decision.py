@@ -26,12 +26,11 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from router.bundle import Bundle, load_bundle
+from router.bundle import Bundle
 from router.cache import CacheHit, CachePolicy, ResponseCache, build_response_cache, load_cache_parts
 from router.cache_store import CacheStoreSettings
 from router.classifier import CategoryClassifier
@@ -90,10 +89,6 @@ class Router:
         if not any(p.tier == "semantic" for p in [*policy.categories.values(), policy.default]):
             encoder = None  # nothing to embed: keep the classifier's encoder but skip the cache's
         return build_response_cache(policy, settings, embedder=encoder, verifier=verifier)
-
-    @classmethod
-    def from_path(cls, path: str | Path) -> Router:
-        return cls(load_bundle(path))
 
     @property
     def version(self) -> str:

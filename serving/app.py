@@ -196,7 +196,10 @@ class Gateway:
                                      background=True)
         self.handles = {m: h.options(method_name="chat") for m, h in models.items()}
         self.stream_handles = {m: h.options(method_name="chat_stream", stream=True) for m, h in models.items()}
-        capacity = {m: float(cfg.deployment(m).max_ongoing_requests * cfg.deployment(m).num_replicas) for m in models}
+        # this gateway replica's share of each model's capacity: it counts only its own in-flight requests,
+        # so with N gateway replicas each sees ~1/N of the load (uniform spreading by Serve's proxy)
+        share = 1.0 / cfg.gateway.num_replicas
+        capacity = {m: share * cfg.deployment(m).max_ongoing_requests * cfg.deployment(m).num_replicas for m in models}
         tenants = TenantDirectory(cfg.tenants, cfg.default_rate_limit) if cfg.tenants or cfg.default_rate_limit else None
         self.core = GatewayCore(routers, self.log, self._call_model, stream_model=self._stream_model, arms=arms,
                                 assign_by=cfg.experiment.assign_by if cfg.experiment else "user",

@@ -331,7 +331,8 @@ class GatewayCore:
             self.overload.observe(model, reply.replica, reply.replica_stats)
 
     def model_load(self) -> dict[str, float]:
-        """This gateway's in-flight requests per model / the model deployment's capacity (contract 2)."""
+        """This gateway's in-flight requests per model / its share of the model deployment's capacity
+        (``capacity`` = capacity / gateway replicas, set by serving.app) (contract 2)."""
         return {m: self.inflight[m] / cap for m, cap in self.capacity.items() if cap > 0}
 
     async def _learn(self, call: _Call, reply: ModelReply, served: str) -> None:
@@ -652,7 +653,9 @@ class GatewayCore:
                 "breakers": {m: b.state for m, b in self.breakers.items()},
                 "inflight": {m: n for m, n in self.inflight.items() if n},
                 # classifier/policy failures each router turned into a fallback decision (never silent)
-                "scoring_failures": {name: r.n_fallbacks for name, r in self.routers.items()}}
+                "scoring_failures": {name: r.n_fallbacks for name, r in self.routers.items()},
+                # the bounded online quality correction per "category/model", per arm
+                "online_correction": {name: r.online.snapshot() for name, r in self.routers.items()}}
 
 
 def replace_arm(arm: Arm, bundle: str) -> Arm:

@@ -342,10 +342,6 @@ class ReplicaEngine:
                 "queued_kv_tokens": sum(w[5] for w in self.waiting),  # KV the queued requests will reserve
                 "kv_capacity_tokens": self._kv_cap, "step_ms": 1000.0 * self.step_s(), "prefix_summary": self.cache}
 
-    def load_stats(self) -> dict[str, Any]:
-        """Only the two keys load-based policies read (``router.replica.replica_load``); no sync needed."""
-        return {"num_ongoing": self.n_admitted, "num_waiting": len(self.waiting)}
-
     def summary_list(self, max_items: int = 4096) -> list[int]:
         """Compact prefix-cache summary: hashes of cached blocks at ``PREFIX_CHECKPOINTS``, most recent first.
 
