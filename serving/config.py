@@ -71,7 +71,9 @@ class GatewayOptions(_Frozen):
     num_replicas: int = Field(default=1, ge=1)
     num_cpus: float = Field(default=0.2, ge=0)
     max_ongoing_requests: int = Field(default=128, ge=1)
-    request_timeout_s: float = Field(default=60.0, gt=0, description="one call to one model deployment")
+    request_timeout_s: float = Field(default=60.0, gt=0, description=(
+        "one call to one model deployment; each call is also cut at the remaining failover.deadline_s, so "
+        "this bites only when set below it (e.g. to leave time to fail over from a hung model)"))
     log_flush_rows: int = Field(default=500, ge=1)
     log_flush_s: float = Field(default=5.0, gt=0)
     seed: int = 0
