@@ -173,9 +173,19 @@ def write_bundle(
             (tmp / name).write_bytes(data)
         (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
         load_bundle(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        # swap by two renames: the path lacks a bundle only between them (not for a whole rmtree); a
+        # reader that catches that instant fails to load and keeps its previous bundle (serving.reload)
+        old = out_dir.with_name(f"{tmp.name}-old") if out_dir.exists() else None
+        if old is not None:
+            os.replace(out_dir, old)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            if old is not None:  # put the previous bundle back before reporting the failure
+                os.replace(old, out_dir)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful replace
     return load_bundle(out_dir)
