@@ -29,6 +29,7 @@ from ray.serve.handle import DeploymentHandle
 from router.bundle import load_bundle
 from router.decision import Router
 from router.errors import RequestError
+from router.replica import REPLICA_MODEL_FILE
 from serving.backends import BackendError, ModelReply, make_backend
 from serving.config import ServeConfig, load_serve_config
 from serving.decision_log import DecisionLogWriter
@@ -374,9 +375,12 @@ class Gateway:
 def replica_router_config(cfg: ServeConfig) -> RequestRouterConfig:
     rr = cfg.replica_routing
     if rr.kind == "learned":
-        if not rr.model:
-            raise ValueError("replica_routing.kind is 'learned' but replica_routing.model (a replicas.onnx dir) is not set")
-        cls, kwargs = "serving.replica_router:LearnedReplicaRouter", {"scorer_path": str(cfg.path(rr.model))}
+        # the explicit model dir, else the serving bundle's own replicas.onnx (``turnout retrain`` refits it there)
+        model = cfg.path(rr.model) if rr.model else cfg.path(cfg.bundle)
+        if not (model / REPLICA_MODEL_FILE).exists():
+            raise ValueError(f"replica_routing.kind is 'learned' but {model} has no {REPLICA_MODEL_FILE}; set "
+                             "replica_routing.model to a `turnout train replicas` output dir")
+        cls, kwargs = "serving.replica_router:LearnedReplicaRouter", {"scorer_path": str(model)}
     else:
         cls, kwargs = "serving.replica_router:Pow2ReplicaRouter", {}
     return RequestRouterConfig(request_router_class=cls, request_router_kwargs=kwargs,

@@ -89,7 +89,8 @@ class ReplicaRouting(_Frozen):
     (``replicas.onnx`` from ``turnout train replicas``; falls back to pow2 whenever stats are missing)."""
 
     kind: Literal["pow2", "learned"] = "pow2"
-    model: str | None = Field(default=None, description="directory with replicas.onnx (kind: learned)")
+    model: str | None = Field(default=None, description=(
+        "directory with replicas.onnx (kind: learned); default: the serving bundle, where retrain refits it"))
     stats_period_s: float = Field(default=1.0, gt=0)
 
 

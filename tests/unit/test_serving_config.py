@@ -87,3 +87,20 @@ def test_engine_model_reaches_every_model_deployment(tmp_path: Path, bundle: Bun
     bad = _write(tmp_path, bundle, backend={"kind": "simulated", "world": world, "engine": {"time_scale": 0}})
     with pytest.raises(ConfigError, match=r"backend\.engine\.time_scale: Input should be greater than 0"):
         load_serve_config(bad)
+
+
+def test_learned_replica_routing_finds_its_model(tmp_path: Path, bundle: Bundle) -> None:
+    """kind: learned uses replica_routing.model, else the serving bundle's replicas.onnx (where retrain
+    refits it); neither -> a config error naming the missing file."""
+    from serving.app import replica_router_config
+
+    cfg = load_serve_config(_write(tmp_path, bundle, replica_routing={"kind": "learned"}))
+    with pytest.raises(ValueError, match=r"has no replicas\.onnx; set replica_routing\.model"):
+        replica_router_config(cfg)
+    model = tmp_path / "replica-model"
+    model.mkdir()
+    (model / "replicas.onnx").write_bytes(b"x")
+    cfg = load_serve_config(_write(tmp_path, bundle, replica_routing={"kind": "learned", "model": str(model)}))
+    rc = replica_router_config(cfg)
+    assert rc.request_router_kwargs == {"scorer_path": str(model)}
+    assert replica_router_config(load_serve_config(_write(tmp_path, bundle))).request_router_kwargs == {}
