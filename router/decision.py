@@ -20,6 +20,7 @@ last user turn once per request; with an ``encoder`` classifier the classifier's
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from array import array
@@ -42,6 +43,9 @@ from router.onnx_session import make_session
 from router.policy import HeadPredictions, PolicyScorer, choose, utilities_row
 from router.request import Request
 from router.types import CacheTier
+
+_LOG = logging.getLogger("turnout.router")
+FAILURE_LOG_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,8 @@ class Router:
         self.n_fallbacks = 0
         self._embeddings: OrderedDict[str, np.ndarray] = OrderedDict()  # request_id -> prompt embedding
         self._candidate_cache: dict[str, tuple[list[str], list[int] | None]] = {}
+        self._failures: dict[str, int] = {}
+        self._failure_logged_at: dict[str, float] = {}
 
     def _build_cache(self, bundle: Bundle, settings: CacheStoreSettings | None) -> ResponseCache:
         policy = CachePolicy.load(bundle.file("cache_policy.json"))
@@ -168,7 +174,8 @@ class Router:
             return [self._classify(p) for p in prompts]
         try:
             res = self.classifier.predict(prompts)
-        except Exception:
+        except Exception as e:
+            self._failed("batched classifier call (retried per prompt)", e)
             return [self._classify(p) for p in prompts]
         out: list[tuple[list[float] | None, bool]] = []
         for probs, ood in zip(res.probs.tolist(), res.is_ood.tolist()):
@@ -187,7 +194,8 @@ class Router:
             return None
         try:
             h = self.scorer.predict_batch(np.stack(features))
-        except Exception:
+        except Exception as e:
+            self._failed("batched policy call (retried per request)", e)
             return None
         return [HeadPredictions(h.quality[i], h.cost_usd[i], h.latency_ms[i]) for i in range(len(features))]
 
@@ -197,8 +205,9 @@ class Router:
             return self._fallback(common, t0)
         try:
             return self._choose(category, features, common, t0, rng, pref, heads)
-        except Exception:  # a scoring failure must not fail the request; count it and fall back
+        except Exception as e:  # a scoring failure must not fail the request; count it and fall back
             self.n_fallbacks += 1
+            self._failed("policy scoring (fallback model used)", e)
             return self._fallback(common, t0)
 
     def _lookup(self, request: Request, category: str, tier: CacheTier, now_s: float, load: float | None) -> CacheHit | None:
@@ -217,7 +226,8 @@ class Router:
         try:
             text = prepare_text(request.prompt, self.classifier.max_chars)
             vec = np.asarray(self.cache.embedder.encode([text])[0], dtype=np.float32)
-        except Exception:  # an encoder failure is a cache miss, never a failed request
+        except Exception as e:  # an encoder failure is a cache miss, never a failed request
+            self._failed("prompt embedding (cache miss)", e)
             return None
         self._embeddings[request.request_id] = vec
         while len(self._embeddings) > 4096:
@@ -229,12 +239,22 @@ class Router:
         classifier fails or returns NaN/inf."""
         try:
             probs, ood = self.classifier.predict_row(prompt)
-        except Exception:
+        except Exception as e:
+            self._failed("classifier (fallback model used)", e)
             probs, ood = None, False
         if probs is None or not all(map(math.isfinite, probs)):
             self.n_fallbacks += 1
             return None, False
         return probs, ood
+
+    def _failed(self, what: str, e: Exception) -> None:
+        """Log a swallowed failure: the first of each kind, then at most one line a minute with the count
+        (a broken model fails every request; the log must say so without a line per request)."""
+        now = time.monotonic()
+        n = self._failures[what] = self._failures.get(what, 0) + 1
+        if now - self._failure_logged_at.get(what, -math.inf) >= FAILURE_LOG_EVERY_S:
+            self._failure_logged_at[what] = now
+            _LOG.warning("bundle %s: %s failed (%d so far): %s: %s", self.version, what, n, type(e).__name__, e)
 
     def observe(self, decision: Decision, quality: float) -> None:
         """Feed an observed quality back into the online correction (policy decisions only)."""

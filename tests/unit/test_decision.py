@@ -186,13 +186,17 @@ class RaisingClassifier:
         raise RuntimeError("classifier.onnx exploded")
 
 
-def test_scoring_failure_falls_back(router: Router) -> None:
+def test_scoring_failure_falls_back(router: Router, caplog: pytest.LogCaptureFixture) -> None:
     router.scorer = RaisingScorer(router.scorer.info)  # type: ignore[assignment]
-    for i, prompt in enumerate([CLEAR_PROMPTS["code"][0], CLEAR_PROMPTS["chat"][0]], start=1):
-        d = router.decide(_req(prompt), now_s=0.0, rng=np.random.default_rng(0))
-        assert (d.model, d.candidates, d.propensity, d.policy) == ("large", ("large",), 1.0, "fallback")
-        assert router.n_fallbacks == i
-        assert d.category in ("code", "chat")  # the classification is still reported
+    with caplog.at_level("WARNING", logger="turnout.router"):
+        for i, prompt in enumerate([CLEAR_PROMPTS["code"][0], CLEAR_PROMPTS["chat"][0]], start=1):
+            d = router.decide(_req(prompt), now_s=0.0, rng=np.random.default_rng(0))
+            assert (d.model, d.candidates, d.propensity, d.policy) == ("large", ("large",), 1.0, "fallback")
+            assert router.n_fallbacks == i
+            assert d.category in ("code", "chat")  # the classification is still reported
+    # never silent, never a line per request: the first failure is logged, the second only counted
+    lines = [r.getMessage() for r in caplog.records if "policy scoring" in r.getMessage()]
+    assert len(lines) == 1 and "(1 so far)" in lines[0]
 
 
 def test_nan_quality_is_a_scoring_failure(router: Router) -> None:
