@@ -77,13 +77,16 @@ def logged_bandit(table: pa.Table, features: np.ndarray, models: Sequence[str]) 
 
 
 def bandit_rows(table: pa.Table) -> pa.Table:
-    """Rounds a policy may learn from: decided by a policy with a known propensity (not pinned by the
-    client, not a cache hit), the model succeeded, and quality is known."""
+    """Rounds a policy learns from and is evaluated on -- the one definition used by ``train policy``,
+    ``train bundle``, ``ope`` and ``retrain``: the model was drawn by the policy with a known propensity
+    (not pinned by the client, not a cache hit, no failover/overload move: ``NOT_DRAWN_POLICIES``), not a
+    fallback (low confidence / OOD / scoring failure: the configured model regardless of any policy, so
+    no policy can be credited or blamed for it), the model succeeded, and quality is known."""
     import pyarrow.compute as pc
 
     keep = pc.and_(pc.and_(pc.invert(table.column("cache_hit")), pc.is_null(table.column("error"))),
                    pc.is_valid(table.column("quality")))
-    keep = pc.and_(keep, pc.invert(pc.is_in(table.column("policy"), pa.array(NOT_DRAWN_POLICIES))))
+    keep = pc.and_(keep, pc.invert(pc.is_in(table.column("policy"), pa.array(NOT_DRAWN_POLICIES + ("fallback",)))))
     return table.filter(keep)
 
 

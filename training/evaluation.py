@@ -60,7 +60,6 @@ def ope_batch(bundle: Bundle, table: pa.Table, preference: Preference | None = N
 
 def run_ope(bundle: Bundle, logs: str | Path, *, n_bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
     table = bandit_rows(read_logs(logs))
-    table = table.filter(pa.array([p != "fallback" for p in table.column("policy").to_pylist()], type=pa.bool_()))
     if table.num_rows == 0:
         raise ValueError(f"{logs}: no logged rounds with quality and a model decision to evaluate")
     b = ope_batch(bundle, table)

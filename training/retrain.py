@@ -408,7 +408,6 @@ def retrain(logs: str | Path, current: str | Path | Bundle, out: str | Path, *, 
     cfg = cur.manifest.router
     models = cur.manifest.policy.models
     rows = bandit_rows(table)
-    rows = rows.filter(pc.not_equal(rows.column("policy"), "fallback"))
     train, hold = time_split(rows, s.holdout_frac)
     if hold.num_rows > s.max_ope_rows:
         hold = hold.slice(hold.num_rows - s.max_ope_rows)
