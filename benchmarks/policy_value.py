@@ -423,7 +423,7 @@ def _print(r: dict[str, Any], models: Sequence[str]) -> None:
     pm = r["bundle_metrics"]["policy"]
     console.print(f"[bold]policy_value[/]: bundle trained on {s['n_train_logs']} uniform logs (seed {s['train_seed']}); "
                   f"{s['n_test']} held-out requests (seed {s['test_seed']}); classifier holdout accuracy "
-                  f"{r['bundle_metrics']['classifier']['holdout_accuracy']:.3f}; policy variant chosen "
+                  f"{r['bundle_metrics']['classifier']['test_accuracy']:.3f}; policy variant chosen "
                   f"{pm['chosen']} (held-out DR utility at the configured preference: "
                   f"{', '.join(f'{k} {v:.4f}' for k, v in pm['variants_dr_value'].items())}); "
                   f"ref_cost_usd {s['ref_cost_usd']:.3e} (true costliest-model mean where allowed, held-out set "
