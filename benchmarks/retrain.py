@@ -108,6 +108,8 @@ def generate_logs(n: int, out: Path, seed: int = 0) -> dict[str, Any]:
             "cost_usd": pa.array(cost.astype(np.float32)), "error": pa.nulls(m, pa.string()),
             "quality": pa.array(q.astype(np.float32)), "label_category": base.column("category"),
         }
+        for f in SCHEMA:  # fields added to the schema later (e.g. assignment_unit): null, as old shards read
+            cols.setdefault(f.name, pa.nulls(m, f.type))
         write_shard(pa.table(cols).cast(SCHEMA), out)
         written += m
     return {"records": written, "shards": -(-n // SHARD_ROWS), "distinct_prompts": POOL}
