@@ -19,9 +19,18 @@ clinc150            clinc150_oos/data_full.json (all splits)             small_t
                                                                          translation, calculator -> math,
                                                                          definition -> knowledge
 simulated           training.prompts.generate_prompt (seeded)            every category (chat: minus advice)
+sharegpt_hand       sharegpt_v3_subset first human turns whose ids are   hand labels (labelling guideline);
+                    in ``training/labels/sharegpt_train_labels.jsonl``   ``ood`` and classes with fewer than
+                    (text joined at build time)                          ``HAND_MIN_PER_CLASS`` labels left out
 sharegpt_weak       sharegpt_v3_subset first human turns, English,       ``weak_label`` rules (below); at most
-                    never the hand-labelled ids or their texts           ``WEAK_PER_CLASS`` per category
+                    never a hand-labelled id (eval or training) or an    ``WEAK_PER_CLASS`` per category
+                    evaluation text
 ==================  ===================================================  =====================================
+
+Why ``sharegpt_hand`` is in: 1,125 real first turns labelled by hand with the evaluation guideline
+(``benchmarks/labels/README.md``, section "Training labels": how they were sampled, counts, labeller),
+disjoint by id and by normalised text from the evaluation labels (a unit test checks both). The
+repository stores ids and labels only; the text is joined from ``shared_dir`` like the evaluation set.
 
 Why ``sharegpt_weak`` is in: the benchmark sources are exam questions and one-line specs; real users
 write "how do i configure X in Y", paste code with a question, or ask for an ad headline. ShareGPT
@@ -84,6 +93,10 @@ WEAK_PER_CLASS = 500
 WEAK_MIN_PER_CLASS = 50
 WEAK_MIN_ENGLISH = 0.6
 LABELS_FILE = Path(__file__).resolve().parents[1] / "benchmarks" / "labels" / "sharegpt_labels.jsonl"
+HAND_SOURCE = "sharegpt_hand"
+HAND_LABELS_FILE = Path(__file__).resolve().parent / "labels" / "sharegpt_train_labels.jsonl"
+HAND_MIN_PER_CLASS = 20
+SHAREGPT_SOURCES = (WEAK_SOURCE, HAND_SOURCE)  # drop both to score ShareGPT as an unseen source
 SIMULATED_ADVICE = re.compile(r"\b(should i|recommend|how do i|how can i|what should|give me something|any tips|advice|"
                               r"ideas? for)\b", re.I)
 DEFAULT_PER_CLASS_MAX = 1500
@@ -203,6 +216,58 @@ def sharegpt_weak_rows(shared_dir: Path, exclude_ids: set[str], seed: int,
             yield CategoryRow(items[k], category, WEAK_SOURCE)
 
 
+def hand_labels(labels_file: Path = HAND_LABELS_FILE) -> list[dict[str, str]]:
+    """The training hand labels: ``[{"id", "category", "selection", "reason"?}]`` (ids and labels only)."""
+    path = Path(labels_file)
+    if not path.is_file():
+        raise DataFormatError(f"categories: hand-label file {path} does not exist")
+    rows = []
+    for line_no, obj in iter_json_objects(path):
+        if not isinstance(obj.get("id"), str) or not isinstance(obj.get("category"), str):
+            raise DataFormatError(f"{path}:{line_no}: expected string fields 'id' and 'category'; got {obj!r:.80}")
+        rows.append(obj)
+    return rows
+
+
+def sharegpt_hand_rows(shared_dir: Path, exclude_ids: set[str], labels_file: Path = HAND_LABELS_FILE,
+                       min_per_class: int = HAND_MIN_PER_CLASS) -> Iterator[CategoryRow]:
+    """Hand-labelled ShareGPT first turns (``training/labels``), text joined from ``shared_dir`` at build
+    time. ``ood`` labels are not categories and are left out, and so is a category with fewer than
+    ``min_per_class`` labels (ShareGPT has 8 translation requests in 1,231 read prompts; a handful of
+    rows would carry a whole source's weight in the encoder head). Raises ``DataFormatError`` when an
+    id has no first turn in ``shared_dir`` or when a label's id or text is among ``exclude_ids`` (the
+    evaluation labels): training on them would score the classifier on its own training data."""
+    from training.classifier_eval import sharegpt_first_turns
+
+    first = sharegpt_first_turns(shared_dir)
+    excluded_texts = {_norm(first[i]) for i in exclude_ids if i in first}
+    by_category: dict[str, list[str]] = defaultdict(list)
+    for row in hand_labels(labels_file):
+        i = row["id"]
+        if i not in first:
+            raise DataFormatError(f"{labels_file}: id {i!r} has no first human turn in {shared_dir}")
+        if i in exclude_ids or _norm(first[i]) in excluded_texts:
+            raise DataFormatError(f"{labels_file}: id {i!r} (or its text) is also an evaluation label; "
+                                  "training labels must stay disjoint from them")
+        if row["category"] != "ood":
+            by_category[row["category"]].append(first[i])
+    for category in sorted(by_category):
+        if len(by_category[category]) >= min_per_class:
+            yield from (CategoryRow(text, category, HAND_SOURCE) for text in by_category[category])
+
+
+def sharegpt_rows(shared_dir: Path, labels_file: Path | None, hand_labels_file: Path, seed: int, *,
+                  hand: bool = True, weak: bool = True) -> list[CategoryRow]:
+    """The ShareGPT sources, never an evaluation label (``labels_file``): the hand-labelled rows, then
+    the rule-labelled rows of every conversation without a hand label (the hand label wins)."""
+    eval_ids = labelled_ids(labels_file)
+    rows = list(sharegpt_hand_rows(shared_dir, eval_ids, hand_labels_file)) if hand else []
+    if weak:
+        hand_ids = {r["id"] for r in hand_labels(hand_labels_file)} if Path(hand_labels_file).is_file() else set()
+        rows += sharegpt_weak_rows(shared_dir, eval_ids | hand_ids, seed)
+    return rows
+
+
 def labelled_ids(labels_file: Path | None) -> set[str]:
     """Ids of the hand-labelled ShareGPT prompts (kept out of every training set)."""
     if labels_file is None or not Path(labels_file).is_file():
@@ -228,9 +293,12 @@ def public_rows(shared_dir: Path) -> Iterator[CategoryRow]:
 def build_category_set(shared_dir: Path, out: Path, *, seed: int = 0, per_class_max: int = DEFAULT_PER_CLASS_MAX,
                        n_simulated_per_class: int = SIMULATED_PER_CLASS,
                        taxonomy: Sequence[str] = ("code", "math", "writing", "knowledge", "chat", "translation"),
-                       sharegpt_weak: bool = True, labels_file: Path | None = LABELS_FILE) -> dict[str, Any]:
-    """Build, balance, deduplicate and write the category set. ``sharegpt_weak`` adds the rule-labelled
-    ShareGPT source (when ``shared_dir`` has it), excluding the ids in ``labels_file``. Returns a summary::
+                       sharegpt_weak: bool = True, labels_file: Path | None = LABELS_FILE,
+                       sharegpt_hand: bool = True, hand_labels_file: Path = HAND_LABELS_FILE) -> dict[str, Any]:
+    """Build, balance, deduplicate and write the category set. ``sharegpt_hand`` adds the hand-labelled
+    ShareGPT source (``hand_labels_file``) and ``sharegpt_weak`` the rule-labelled one (when ``shared_dir``
+    has ShareGPT); both exclude the evaluation ids in ``labels_file``, and the rule-labelled rows also
+    exclude the hand-labelled ids (the hand label wins). Returns a summary::
 
         {"out": str, "n_rows": int, "categories": {cat: n}, "sources": {src: n},
          "by_category_source": {cat: {src: n}}, "n_duplicates": int, "n_ambiguous": int}
@@ -242,8 +310,9 @@ def build_category_set(shared_dir: Path, out: Path, *, seed: int = 0, per_class_
         raise DataFormatError(f"categories: per_class_max must be >= 1; got {per_class_max}")
     rows = [r for r in public_rows(shared_dir) if r.category in taxonomy]
     rows += list(simulated_rows(taxonomy, n_simulated_per_class, seed))
-    if sharegpt_weak and (shared_dir / "sharegpt_v3_subset").is_dir():
-        rows += [r for r in sharegpt_weak_rows(shared_dir, labelled_ids(labels_file), seed) if r.category in taxonomy]
+    if (shared_dir / "sharegpt_v3_subset").is_dir():
+        rows += [r for r in sharegpt_rows(shared_dir, labels_file, hand_labels_file, seed, hand=sharegpt_hand,
+                                          weak=sharegpt_weak) if r.category in taxonomy]
     rows, n_dup, n_amb = deduplicate(rows)
     chosen = balance(rows, per_class_max, seed)
     out.parent.mkdir(parents=True, exist_ok=True)

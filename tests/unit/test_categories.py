@@ -9,18 +9,26 @@ from pathlib import Path
 import pytest
 
 from training.categories import (
+    HAND_LABELS_FILE,
+    HAND_SOURCE,
+    LABELS_FILE,
     SIMULATED_ADVICE,
     WEAK_SOURCE,
     CategoryRow,
+    _norm,
     _strip_answer_tail,
     _water_fill,
     balance,
     build_category_set,
     deduplicate,
+    hand_labels,
     labelled_ids,
+    sharegpt_hand_rows,
+    sharegpt_rows,
     sharegpt_weak_rows,
     simulated_rows,
 )
+from training.formats import DataFormatError
 from training.weak_labels import weak_label
 
 
@@ -113,3 +121,103 @@ def test_simulated_chat_rows_carry_no_advice() -> None:
     assert 0 < len(chat) < 200  # some generated chat prompts are advice and were dropped
     assert not any(SIMULATED_ADVICE.search(t) for t in chat)
     assert sum(r.category == "knowledge" for r in rows) == 200
+
+
+# --------------------------------------------------------------------- hand-labelled training prompts
+
+LABEL_KEYS = {"id", "category", "selection", "reason"}
+LABELS = {"code", "math", "writing", "knowledge", "chat", "translation", "ood"}
+
+
+def test_training_hand_labels_ship_with_the_package_and_store_no_text() -> None:
+    import importlib.resources
+
+    packaged = importlib.resources.files("training") / "labels" / HAND_LABELS_FILE.name
+    assert packaged.is_file() and Path(str(packaged)) == HAND_LABELS_FILE
+    rows = hand_labels()
+    assert len(rows) >= 700
+    for row in rows:
+        assert set(row) <= LABEL_KEYS, row  # ids and labels only: the text stays in ../shared/data
+        assert row["category"] in LABELS and row["selection"] in {"random", "keyword"}
+        assert ("reason" in row) == (row["category"] == "ood")
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert sum(r["category"] not in {"ood"} and r["selection"] == "random" for r in rows) >= 700
+
+
+def test_training_hand_labels_are_disjoint_from_the_evaluation_ids() -> None:
+    train_ids = {r["id"] for r in hand_labels()}
+    eval_ids = labelled_ids(LABELS_FILE)
+    assert eval_ids and not train_ids & eval_ids
+
+
+@pytest.mark.data
+def test_training_hand_labels_are_disjoint_from_the_evaluation_texts(shared_data: Path) -> None:
+    from training.classifier_eval import sharegpt_first_turns
+
+    first = sharegpt_first_turns(shared_data)
+    train = [_norm(first[r["id"]]) for r in hand_labels()]
+    evaluation = {_norm(first[i]) for i in labelled_ids(LABELS_FILE)}
+    assert len(train) == len(hand_labels())  # every training id has a first turn in the shared data
+    assert not set(train) & evaluation
+    assert len(set(train)) == len(train)  # no prompt labelled twice
+
+
+@pytest.mark.data
+def test_build_category_set_has_the_hand_labelled_source(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cats.jsonl"
+    summary = build_category_set(shared_data, out, seed=0, per_class_max=300, n_simulated_per_class=50,
+                                 sharegpt_weak=False)
+    hand = summary["by_category_source"]
+    assert {"code", "knowledge", "writing", "chat", "math"} <= {c for c, v in hand.items() if HAND_SOURCE in v}
+    assert HAND_SOURCE not in hand.get("translation", {})  # 8 labels < HAND_MIN_PER_CLASS
+    assert WEAK_SOURCE not in summary["sources"]
+
+
+def _sharegpt(folder: Path, turns: dict[str, str]) -> None:
+    (folder / "sharegpt_v3_subset").mkdir()
+    with (folder / "sharegpt_v3_subset" / "sharegpt_v3_human_turns.jsonl").open("w", encoding="utf-8") as fh:
+        for cid, text in turns.items():
+            fh.write(json.dumps({"id": cid, "turn_roles": ["human", "gpt"], "human_turns": [text]}) + "\n")
+
+
+def _labels(path: Path, rows: list[dict[str, str]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_sharegpt_hand_rows_join_text_and_drop_ood_and_rare_classes(tmp_path: Path) -> None:
+    turns = {f"c{i}_0": f"how do i fix python error {i}" for i in range(3)} | {"w_0": "write a poem", "x_0": "sdf"}
+    _sharegpt(tmp_path, turns)
+    code = [{"id": f"c{i}_0", "category": "code", "selection": "random"} for i in range(3)]
+    labels = _labels(tmp_path / "l.jsonl", code + [{"id": "w_0", "category": "writing", "selection": "random"},
+                                                   {"id": "x_0", "category": "ood", "reason": "nonsense",
+                                                    "selection": "random"}])
+    rows = list(sharegpt_hand_rows(tmp_path, set(), labels, min_per_class=2))
+    assert [(r.text, r.category, r.source) for r in rows] == [(turns[f"c{i}_0"], "code", HAND_SOURCE) for i in range(3)]
+
+
+@pytest.mark.parametrize(("exclude", "turns", "match"), [
+    ({"c0_0"}, {"c0_0": "write a poem"}, "evaluation label"),  # same id as an evaluation label
+    ({"e_0"}, {"c0_0": "Write a  POEM", "e_0": "write a poem"}, "evaluation label"),  # same normalised text
+    (set(), {"other_0": "hi"}, "no first human turn"),  # id missing from the shared data
+])
+def test_sharegpt_hand_rows_refuse_overlap_and_unknown_ids(tmp_path: Path, exclude: set[str], turns: dict[str, str],
+                                                          match: str) -> None:
+    _sharegpt(tmp_path, turns)
+    labels = _labels(tmp_path / "l.jsonl", [{"id": "c0_0", "category": "writing", "selection": "random"}])
+    with pytest.raises(DataFormatError, match=match):
+        list(sharegpt_hand_rows(tmp_path, exclude, labels, min_per_class=1))
+
+
+def test_sharegpt_rows_leave_hand_labelled_prompts_to_the_hand_source(tmp_path: Path) -> None:
+    turns = {f"c{i}_0": f"how do i fix this python error number {i}?" for i in range(100)} | {"ev_0": "write a poem"}
+    _sharegpt(tmp_path, turns)
+    hand = _labels(tmp_path / "hand.jsonl", [{"id": f"c{i}_0", "category": "knowledge", "selection": "random"}
+                                             for i in range(25)])
+    evaluation = _labels(tmp_path / "eval.jsonl", [{"id": "ev_0", "category": "writing"}])
+    rows = sharegpt_rows(tmp_path, evaluation, hand, seed=0)
+    assert [r.text for r in rows if r.source == HAND_SOURCE] == [turns[f"c{i}_0"] for i in range(25)]
+    weak = {r.text for r in rows if r.source == WEAK_SOURCE}
+    assert weak == {turns[f"c{i}_0"] for i in range(25, 100)}  # rule labels only where no hand label exists
+    assert {r.source for r in sharegpt_rows(tmp_path, evaluation, hand, seed=0, hand=False)} == {WEAK_SOURCE}
+    assert {r.source for r in sharegpt_rows(tmp_path, evaluation, hand, seed=0, weak=False)} == {HAND_SOURCE}
