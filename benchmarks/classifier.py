@@ -33,9 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import REPO, console, environment, table, write_json  # noqa: E402
 from router.ood import prepare_text  # noqa: E402
+import training.categories as categories  # noqa: E402
 from training.categories import WEAK_SOURCE, build_category_set, read_category_set  # noqa: E402
+from router.classifier import OPENING_TOKENS, encoder_features  # noqa: E402
 from training.classifier import (  # noqa: E402
     DEFAULT_MAX_CHARS,
+    ENCODER_INPUTS,
     CategoryTrainer,
     FittedClassifier,
     _pick,
@@ -61,6 +64,8 @@ BAD_INPUTS = ["", "   \n\t ", "\ud800", "\udfff abc", "😀🎉🔥👍", "x" * 
               "SGVsbG8gd29ybGQhIFRoaXMgaXMgYmFzZTY0IGVuY29kZWQgdGV4dC4=", "asdkjh qweoiu zxcmnb lkjqwe poiuyt",
               "\x00\x01\x02", "ﾟ･✿ヾ╲(｡◕‿◕｡)╱✿･ﾟ", "?!?!...", "Ünïcödé ßtrâßé ñ"]
 MIN_GAIN = 0.02
+# every ShareGPT-derived training source: all are dropped to score ShareGPT as an unseen source
+SHAREGPT_SOURCES: tuple[str, ...] = tuple(getattr(categories, "SHAREGPT_SOURCES", (WEAK_SOURCE,)))
 MIN_CONFIDENCE = 0.4  # configs/router.yaml min_confidence
 
 
@@ -79,9 +84,15 @@ def main() -> None:
     encoder = load_encoder(threads=2)
     prepared = [prepare_text(t, DEFAULT_MAX_CHARS) for t in texts]
     t0 = time.perf_counter()
-    embeddings = encoder.encode(prepared)
+    head = encoder.encode(prepared)
     encode_s = time.perf_counter() - t0
-    console.print(f"encoded {len(prepared)} prompts in {encode_s:.0f} s (2 threads)")
+    windows = {name: encoder_features(encoder, prepared, (name,), OPENING_TOKENS, head=head)
+               for name in ("opening", "tail")}
+    blocks = {"head": head, **windows}
+    embeddings = np.hstack([blocks[n] for n in ENCODER_INPUTS])
+    encode_all_s = time.perf_counter() - t0
+    console.print(f"encoded {len(prepared)} prompts in {encode_s:.0f} s, + opening/tail windows "
+                  f"{encode_all_s - encode_s:.0f} s (2 threads)")
 
     fitted: dict[str, FittedClassifier] = {}
     for fam in ("tfidf", "encoder"):
@@ -103,7 +114,7 @@ def main() -> None:
         rep = eval_classifier_report((clf, f.info), sg_texts, sg_labels, n_latency=n_lat, latency_texts=lat_texts)
         families[fam] = {"metrics": f.metrics, "sharegpt": rep}
     # ShareGPT as an unseen source: the same recipe fitted without the weak-labelled ShareGPT rows.
-    seen = np.array([s != WEAK_SOURCE for s in sources])
+    seen = np.array([s not in SHAREGPT_SOURCES for s in sources])
     for fam, f in fitted.items():
         keep = np.flatnonzero(seen)
         cross = fit_category_model([texts[i] for i in keep], [labels[i] for i in keep], TAXONOMY, seed=0, family=fam,
@@ -111,9 +122,9 @@ def main() -> None:
                                    embeddings=embeddings[keep] if fam == "encoder" else None,
                                    encoder_c=f.metrics["selection"][fam].get("c"))
         families[fam]["sharegpt_cross_source"] = {
-            "trained_without": WEAK_SOURCE, "n_train": cross.metrics["n_train"],
+            "trained_without": ",".join(SHAREGPT_SOURCES), "n_train": cross.metrics["n_train"],
             **eval_classifier_report((cross.load(threads=1), cross.info), sg_texts, sg_labels, n_latency=20)}
-        console.print(f"fitted {fam} without {WEAK_SOURCE}: ShareGPT macro-F1 "
+        console.print(f"fitted {fam} without {','.join(SHAREGPT_SOURCES)}: ShareGPT macro-F1 "
                       f"{families[fam]['sharegpt_cross_source']['macro_f1']:.3f} (with: {families[fam]['sharegpt']['macro_f1']:.3f})")
 
     _, _, test_idx = stratified_split(labels, (0.7, 0.15, 0.15), 0)
@@ -121,12 +132,18 @@ def main() -> None:
                     [r["text"] for r in sg if r["category"] != "ood"], sg, a.shared_dir)
     bad = fitted[chosen].load(threads=1).predict(BAD_INPUTS)
     encoder_cost = encoder_latency(lat_texts, n_lat)
+    inputs_cost = encoder_latency(lat_texts, n_lat, ENCODER_INPUTS)
+    ablation = input_ablation(texts, labels, sources, blocks, sg_texts, sg_labels,
+                              fitted["encoder"].metrics["selection"]["encoder"]["c"])
     parity = parity_check(texts, labels, sources, fitted, embeddings)
 
     result = {"environment": environment(), "category_set": summary, "chosen": chosen, "why": why,
               "selection_rule": f"mean leave-one-source-out macro-F1; encoder needs +{MIN_GAIN}",
               "families": families, "ood": ood, "encoder_latency_ms_1thread": encoder_cost,
-              "encode_training_set_s_2threads": round(encode_s, 1), "parity": parity,
+              "encoder_inputs": list(ENCODER_INPUTS), "encoder_inputs_latency_ms_1thread": inputs_cost,
+              "encoder_inputs_ablation": ablation,
+              "encode_training_set_s_2threads": round(encode_s, 1),
+              "encode_training_set_windows_s_2threads": round(encode_all_s - encode_s, 1), "parity": parity,
               "bad_inputs": {"n": len(BAD_INPUTS), "all_ood": bool(bad.is_ood.all()),
                              "ood_score": [round(float(s), 4) for s in bad.ood_score]},
               "loadavg_1_5_15_around_latency": {"before": load_before, "after": os.getloadavg()},
@@ -167,9 +184,48 @@ def fallback_rate(out: Any) -> float:
     return float(np.mean(out.is_ood | (out.probs.max(axis=1) < MIN_CONFIDENCE)))
 
 
-def encoder_latency(texts: list[str], n: int) -> dict[str, float]:
+def encoder_latency(texts: list[str], n: int, inputs: tuple[str, ...] = ("head",)) -> dict[str, float]:
+    """One thread, one prompt: the head embedding alone (what the semantic cache shares) or the
+    classifier's whole encoder input (``router.classifier.encoder_features``). A fresh encoder each
+    time, so no memoised embedding is reused across the two."""
     enc = load_encoder(threads=1)
-    return latency_ms(lambda b: enc.encode([prepare_text(t, DEFAULT_MAX_CHARS) for t in b]), texts, n)
+    enc._memo.clear()
+    out = latency_ms(lambda b: encoder_features(enc, [prepare_text(t, DEFAULT_MAX_CHARS) for t in b], inputs,
+                                                OPENING_TOKENS), texts, n)
+    return {**out, "inputs": list(inputs)}
+
+
+def input_ablation(texts: list[str], labels: list[str], sources: list[str], blocks: dict[str, np.ndarray],
+                   sg_texts: list[str], sg_labels: list[str], c: float) -> dict[str, Any]:
+    """Which encoder inputs the head reads, measured in this run at the chosen C: mean leave-one-source-out
+    macro-F1 (the selection rule) and, reported after, macro-F1 on the hand-labelled ShareGPT prompts with
+    and without the weak-labelled ShareGPT rows in training."""
+    from training.classifier import EncoderHeadTrainer, _Family, _mean_macro_f1, encode_labels, leave_one_source_out, macro_f1
+
+    enc = load_encoder(threads=2)
+    keep = [i for i, lab in enumerate(sg_labels) if lab != "ood"]
+    sg_prep = [prepare_text(sg_texts[i], DEFAULT_MAX_CHARS) for i in keep]
+    sg_head = enc.encode(sg_prep)
+    sg_blocks = {"head": sg_head, **{n: encoder_features(enc, sg_prep, (n,), OPENING_TOKENS, head=sg_head)
+                                     for n in ("opening", "tail")}}
+    y, ysg = encode_labels(labels, TAXONOMY), encode_labels([sg_labels[i] for i in keep], TAXONOMY)
+    src = np.asarray(sources)
+    out = {}
+    for inputs in (("head",), ("head", "tail"), ("head", "opening"), ("head", "opening", "tail")):
+        x = np.hstack([blocks[n] for n in inputs])
+        xsg = np.hstack([sg_blocks[n] for n in inputs])
+        fam = _Family("encoder", TAXONOMY, texts, 0, DEFAULT_MAX_CHARS, embeddings=x, sources=sources, c=c)
+        loso = leave_one_source_out(fam, y, sources)
+        row: dict[str, Any] = {"loso_mean_macro_f1": _mean_macro_f1(loso),
+                               "loso": {k: v["macro_f1"] for k, v in loso.items()}}
+        for name, rows in (("sharegpt_macro_f1", np.arange(len(y))), ("sharegpt_cross_source_macro_f1",
+                                                                       np.flatnonzero(~np.isin(src, SHAREGPT_SOURCES)))):
+            head = EncoderHeadTrainer(TAXONOMY, c=c).fit(x[rows], [labels[i] for i in rows], src[rows])
+            row[name] = macro_f1(ysg, head.predict_proba(xsg).argmax(1))
+        out["+".join(inputs)] = row
+        console.print(f"encoder inputs {'+'.join(inputs)}: LOSO mean {row['loso_mean_macro_f1']:.3f}, ShareGPT "
+                      f"{row['sharegpt_macro_f1']:.3f} / cross-source {row['sharegpt_cross_source_macro_f1']:.3f}")
+    return {"c": c, "variants": out}
 
 
 def parity_check(texts: list[str], labels: list[str], sources: list[str], fitted: dict[str, FittedClassifier],
@@ -196,6 +252,10 @@ def parity_check(texts: list[str], labels: list[str], sources: list[str], fitted
     nat = head.predict_proba(e)
     out["encoder_head"] = {"n": len(e), "max_abs_diff": float(np.abs(nat - onnx_p).max()),
                            "labels_equal": float(np.mean(nat.argmax(1) == onnx_p.argmax(1)))}
+    # end to end: the served classifier embeds the raw texts itself (encoder_features, one text per run)
+    served = fitted["encoder"].load().raw_proba([prepare_text(t, DEFAULT_MAX_CHARS) for t in texts[::25]])
+    out["encoder_end_to_end"] = {"n": len(served), "max_abs_diff": float(np.abs(nat - served).max()),
+                                 "labels_equal": float(np.mean(nat.argmax(1) == served.argmax(1)))}
     return out
 
 

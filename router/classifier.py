@@ -51,8 +51,17 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+EncoderInput = Literal["head", "opening", "tail"]
+OPENING_TOKENS = 24
+
+
 class EncoderInfo(_Frozen):
-    """The sentence encoder a ``encoder_linear`` classifier reads embeddings from."""
+    """The sentence encoder a ``encoder_linear`` classifier reads embeddings from.
+
+    ``inputs``: the embeddings concatenated, in order, into the head's input (``encoder_features``):
+    ``head`` the prompt's first ``max_length`` tokens (the embedding the semantic cache shares),
+    ``opening`` its first ``opening_tokens`` tokens (the request itself, before any pasted material
+    dilutes it), ``tail`` its last ``max_length`` tokens. Absent in older bundles: ``("head",)``."""
 
     name: str
     model_file: str
@@ -61,6 +70,37 @@ class EncoderInfo(_Frozen):
     dim: int = Field(gt=0)
     source: str  # where training took the files from (package==version)
     embedding: EmbeddingKind = LEGACY_EMBEDDING  # what the head was fitted on (absent: older bundles)
+    inputs: tuple[EncoderInput, ...] = ("head",)
+    opening_tokens: int = Field(default=OPENING_TOKENS, ge=3)
+
+    @model_validator(mode="after")
+    def _inputs_fit(self) -> EncoderInfo:
+        if not self.inputs or len(set(self.inputs)) != len(self.inputs):
+            raise ValueError(f"encoder inputs must be distinct and non-empty; got {list(self.inputs)}")
+        if "opening" in self.inputs and self.opening_tokens > self.max_length:
+            raise ValueError(f"opening_tokens {self.opening_tokens} exceeds max_length {self.max_length}")
+        return self
+
+
+def encoder_features(encoder: object, prepared: Sequence[str], inputs: Sequence[str] = ("head",),
+                     opening_tokens: int = OPENING_TOKENS, head: FloatArray | None = None) -> FloatArray:
+    """The head's input for prepared texts: the ``inputs`` embeddings side by side, (N, 384 * len(inputs))
+    float32. Training and serving both call this (one featurization). ``head``: the texts' ``encode``
+    embeddings when the caller has them (training caches them); a text shorter than a window reuses its
+    head embedding, so only long prompts pay for an extra encoder run per extra input."""
+    enc = encoder
+    full = np.asarray(head, dtype=np.float32) if head is not None else enc.encode(prepared)  # type: ignore[attr-defined]
+    blocks = []
+    for name in inputs:
+        if name == "head":
+            blocks.append(full)
+        elif name == "opening":
+            blocks.append(enc.encode_window(prepared, opening_tokens, full=full))  # type: ignore[attr-defined]
+        elif name == "tail":
+            blocks.append(enc.encode_window(prepared, enc.max_length, last=True, full=full))  # type: ignore[attr-defined]
+        else:
+            raise ValueError(f"unknown encoder input {name!r} (known: head, opening, tail)")
+    return np.hstack(blocks) if len(blocks) > 1 else blocks[0]
 
 
 class OODInfo(_Frozen):
@@ -163,6 +203,12 @@ class CategoryClassifier:
             raise ArtifactError(f"classifier taxonomy {list(info.taxonomy)} differs from the router's {list(self.taxonomy)}")
         if info is not None and info.kind == "encoder_linear" and encoder is None:
             raise ArtifactError("an encoder_linear classifier needs its sentence encoder")
+        if info is not None and info.encoder is not None:
+            width = session.get_inputs()[0].shape[-1]
+            want = info.encoder.dim * len(info.encoder.inputs)
+            if isinstance(width, int) and width != want:
+                raise ArtifactError(f"{info.model_file} reads {width} features; encoder inputs "
+                                    f"{list(info.encoder.inputs)} give {want}")
         self._sparse = info is not None and info.kind == "tfidf_sparse_linear"
         if self._sparse and vocabulary is None:
             raise ArtifactError("a tfidf_sparse_linear classifier needs its TF-IDF vocabulary")
@@ -293,7 +339,9 @@ class CategoryClassifier:
                 rows.append(self.session.run(["probabilities"], feed)[0])
             probs = np.concatenate(rows, axis=0)
         elif self.info is not None and self.info.kind == "encoder_linear":
-            emb = self.encoder.encode(prepared)  # type: ignore[attr-defined]
+            enc = self.info.encoder
+            emb = encoder_features(self.encoder, prepared, enc.inputs, enc.opening_tokens) if enc else \
+                self.encoder.encode(prepared)  # type: ignore[attr-defined]
             (probs,) = self.session.run(["probabilities"], {self._input: emb})
         else:
             rows = [self.session.run(["probabilities"], {self._input: np.array([[t]], dtype=object)})[0]

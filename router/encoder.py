@@ -139,6 +139,7 @@ class SentenceEncoder:
         try:
             raw = tokenizer_json if isinstance(tokenizer_json, bytes) else Path(tokenizer_json).read_bytes()
             self.tokenizer = Tokenizer.from_str(raw.decode("utf-8"))
+            self._full_tokenizer = Tokenizer.from_str(raw.decode("utf-8"))  # untruncated, unpadded: token windows
         except Exception as e:  # tokenizers raises plain Exception subclasses for bad JSON
             raise ArtifactError(f"cannot load the encoder tokenizer {tokenizer_json if not isinstance(tokenizer_json, bytes) else '<bytes>'}: {e}") from e
         self.tokenizer.enable_truncation(max_length=max_length)
@@ -162,6 +163,8 @@ class SentenceEncoder:
             self.session, self.fused = _session(model, threads, fuse)
         self._id_dtype = np.int32 if self.fused else np.int64
         self.max_length = max_length
+        self._full_tokenizer.no_truncation()
+        self._full_tokenizer.no_padding()
         self.dim = ENCODER_DIM
         self.name = "all-MiniLM-L6-v2-int8"
         self.n_encoded = 0  # texts actually run through the model (memo hits excluded)
@@ -193,6 +196,50 @@ class SentenceEncoder:
         if len(texts) == 1:
             return self.encode_one(texts[0]).reshape(1, -1).copy()
         return self._encode(texts, batch_size)
+
+    def window_ids(self, text: str, length: int, *, last: bool = False) -> list[int] | None:
+        """[CLS] + the first (``last``: the last) ``length - 2`` word pieces of ``text`` + [SEP], or None
+        when the whole text fits in ``length`` tokens (its window embedding is then ``encode(text)``'s,
+        given ``length <= max_length``). The first window equals what an encoder with
+        ``max_length=length`` embeds."""
+        if length < 3:
+            raise ValueError(f"a token window needs at least 3 tokens ([CLS] x [SEP]); got {length}")
+        ids = self._full_tokenizer.encode(valid_text(text)).ids
+        if len(ids) <= length:
+            return None
+        inner = ids[len(ids) - (length - 2) - 1:-1] if last else ids[1:length - 1]
+        return [ids[0], *inner, ids[-1]]
+
+    def encode_window(self, texts: Sequence[str], length: int, *, last: bool = False,
+                      full: FloatArray | None = None) -> FloatArray:
+        """(N, 384) unit vectors of each text's first (``last``: last) ``length`` tokens -- the opening
+        request alone (a short window), or the request after a pasted document that the head window never
+        reaches (``last=True``, ``length=max_length``). A text that fits the window gets its ``encode``
+        embedding (``full[i]`` when given), so short prompts cost nothing extra; a longer one runs alone
+        on the same session (batch-independent, like every text on the int8 graph)."""
+        if length > self.max_length:
+            raise ValueError(f"window of {length} tokens is longer than the encoder's max_length {self.max_length}")
+        if full is not None and len(full) != len(texts):
+            raise ValueError(f"full has {len(full)} rows for {len(texts)} texts")
+        out = np.zeros((len(texts), ENCODER_DIM), dtype=np.float32)
+        for i, t in enumerate(texts):
+            ids = self.window_ids(t, length, last=last)
+            if ids is None:
+                out[i] = full[i] if full is not None else self.encode_one(t)
+            else:
+                self.n_encoded += 1
+                out[i] = self._run_ids(ids)
+        return out
+
+    def _run_ids(self, ids: list[int]) -> FloatArray:
+        """The embedding of one unpadded id sequence on the held session (pooled + normalised)."""
+        arr = np.array([ids], dtype=self._id_dtype)
+        feed = {"input_ids": arr, "attention_mask": np.ones_like(arr), "token_type_ids": np.zeros_like(arr)}
+        if self.fused:
+            return np.asarray(self.session.run(None, feed)[0][0], dtype=np.float32)
+        (hidden,) = self.session.run(None, feed)[:1]
+        pooled = hidden[0].mean(axis=0)
+        return (pooled / max(float(np.linalg.norm(pooled)), 1e-12)).astype(np.float32)
 
     def _encode(self, texts: Sequence[str], batch_size: int) -> FloatArray:
         self.n_encoded += len(texts)

@@ -195,7 +195,7 @@ def test_encoder_head_c_is_chosen_by_leave_one_source_out() -> None:
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     sources = [("a", "b", "c")[i % 3] for i in range(len(rows))]
     fitted = fit_category_model([r.text for r in rows], [r.category for r in rows], cats, family="encoder",
-                                sources=sources, select_by="loso", embeddings=emb)
+                                sources=sources, select_by="loso", embeddings=emb, encoder_inputs=("head",))
     sel = fitted.metrics["selection"]["encoder"]
     assert fitted.info.encoder is not None and fitted.info.encoder.embedding == "int8_single_v1"  # what it was fit on
     assert set(sel["loso_mean_macro_f1_by_c"]) == {str(c) for c in ENCODER_C_GRID}
@@ -207,6 +207,89 @@ def test_encoder_head_c_is_chosen_by_leave_one_source_out() -> None:
     weighted = EncoderHeadTrainer(cats, c=sel["c"]).fit(emb, labels, skew).predict_proba(emb)
     plain = EncoderHeadTrainer(cats, c=sel["c"]).fit(emb, labels).predict_proba(emb)
     assert not np.allclose(weighted, plain)
+
+
+# ------------------------------------------------------------------------------------------------
+# the encoder head's input: head, opening and tail token windows (router.classifier.encoder_features)
+
+LONG = ("please look at this function: " + "def add_one(x):\n    return x + 1\n" * 60
+        + "why does it fail when I pass a string?")
+
+
+@pytest.fixture(scope="module")
+def encoder():  # type: ignore[no-untyped-def]
+    from training.classifier import encoder_available, load_encoder
+
+    if not encoder_available():
+        pytest.skip("encoder packages not installed")
+    return load_encoder(threads=1)
+
+
+def test_token_windows_cut_long_texts_and_reuse_the_head_for_short_ones(encoder) -> None:  # type: ignore[no-untyped-def]
+    short = "how do I sort a list in python?"
+    ids = encoder._full_tokenizer.encode(LONG).ids
+    assert len(ids) > 128 and encoder.window_ids(short, 24) is None and encoder.window_ids(short, 128, last=True) is None
+    assert encoder.window_ids(LONG, 24) == ids[:23] + [ids[-1]]  # [CLS] + first 22 pieces + [SEP]
+    assert encoder.window_ids(LONG, 128, last=True) == [ids[0]] + ids[-127:]  # [CLS] + last 126 + [SEP]
+    head = encoder.encode([short, LONG])
+    opening = encoder.encode_window([short, LONG], 24, full=head)
+    tail = encoder.encode_window([short, LONG], 128, last=True, full=head)
+    assert opening[0].tobytes() == head[0].tobytes() == tail[0].tobytes()  # short: no extra encoder run
+    assert float(opening[1] @ head[1]) < 0.999 and float(tail[1] @ head[1]) < 0.999
+    np.testing.assert_allclose(np.linalg.norm(tail, axis=1), 1.0, atol=1e-5)
+    alone = encoder.encode_window([LONG], 128, last=True)  # batch-independent, with or without ``full``
+    assert alone[0].tobytes() == tail[1].tobytes()
+    with pytest.raises(ValueError, match="max_length"):
+        encoder.encode_window([short], 129)
+    with pytest.raises(ValueError, match="at least 3"):
+        encoder.window_ids(short, 2)
+
+
+def test_encoder_features_stack_the_named_inputs(encoder) -> None:  # type: ignore[no-untyped-def]
+    from router.classifier import encoder_features
+
+    texts = ["how do I sort a list in python?", prepare_text(LONG, 1500), ""]
+    x = encoder_features(encoder, texts, ("head", "opening", "tail"), 24)
+    head = encoder.encode(texts)
+    assert x.shape == (3, 3 * 384) and x.dtype == np.float32
+    assert x[:, :384].tobytes() == head.tobytes()
+    assert x[:, 384:768].tobytes() == encoder.encode_window(texts, 24, full=head).tobytes()
+    assert x[:, 768:].tobytes() == encoder.encode_window(texts, 128, last=True).tobytes()
+    assert encoder_features(encoder, texts, ("head",)).tobytes() == head.tobytes()
+    with pytest.raises(ValueError, match="unknown encoder input 'middle'"):
+        encoder_features(encoder, texts, ("middle",))
+
+
+def test_encoder_info_inputs_default_validate_and_must_fit_the_head() -> None:
+    from router.classifier import EncoderInfo, OODInfo
+    from training.classifier import EncoderHeadTrainer
+
+    base = {"name": "m", "model_file": "e.onnx", "tokenizer_file": "t.json", "max_length": 128, "dim": 384, "source": "x"}
+    assert EncoderInfo.model_validate(base).inputs == ("head",)  # older bundles: the head embedding alone
+    with pytest.raises(ValueError, match="distinct"):
+        EncoderInfo.model_validate(base | {"inputs": ["head", "head"]})
+    with pytest.raises(ValueError, match="opening_tokens"):
+        EncoderInfo.model_validate(base | {"inputs": ["head", "opening"], "opening_tokens": 200})
+    with pytest.raises(ValueError):
+        EncoderInfo.model_validate(base | {"inputs": ["middle"]})
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 384)).astype(np.float32)
+    session = make_session(EncoderHeadTrainer(("a", "b")).fit(x, ["a", "b"] * 30).to_onnx())
+    info = ClassifierInfo(kind="encoder_linear", taxonomy=("a", "b"), files=("classifier.onnx", "lm.json"), max_chars=100,
+                          temperature=1.0, encoder=EncoderInfo.model_validate(base | {"inputs": ["head", "opening"]}),
+                          ood=OODInfo(lm_file="lm.json", quantiles={"char_nll": (0.0,), "oov_rate": (0.0,)},
+                                      threshold=1.0, target_fpr=0.05, validation_fpr=0.05))
+    with pytest.raises(ArtifactError, match="reads 384 features; encoder inputs \\['head', 'opening'\\] give 768"):
+        CategoryClassifier(session, ("a", "b"), info, CharLanguageModel.fit(["a b"]), encoder=object())
+
+
+def test_fit_refuses_embeddings_of_another_width() -> None:
+    rng = np.random.default_rng(1)
+    rows = [generate_prompt(c, rng) for c in CATEGORIES for _ in range(12)]
+    emb = rng.normal(size=(len(rows), 384)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"need \(72, 768\)"):
+        fit_category_model([r.text for r in rows], [r.category for r in rows], CATEGORIES, family="encoder",
+                           embeddings=emb, encoder_inputs=("head", "opening"))
 
 
 # ------------------------------------------------------------------------------------------------

