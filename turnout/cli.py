@@ -295,7 +295,7 @@ def cmd_retrain(a: argparse.Namespace) -> int:
 
 
 def cmd_loop(a: argparse.Namespace) -> int:
-    from training.loop import run_loop
+    from turnout.loop import run_loop
 
     result = run_loop(a.world, Path(a.workdir) if a.workdir else None, v1_requests=a.v1_requests,
                       explore_requests=a.explore_requests, ab_requests=a.ab_requests, epsilon=a.epsilon,

@@ -6,13 +6,11 @@ simulate logs -> train + export a bundle -> start Ray Serve -> replay held-out r
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import yaml
 from rich.console import Console
 
@@ -25,12 +23,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def write_simulated_serve_config(path: Path, *, bundle: Path, log_dir: Path, world: Path, time_scale: float,
+                                 port: int | None = None, arms: list[dict[str, object]] | None = None) -> Path:
+    """A loopback serve config over SIMULATED models for ``turnout demo`` and ``turnout loop``."""
+    cfg: dict[str, object] = {"host": "127.0.0.1", "port": port or free_port(), "bundle": str(bundle),
+                              "log_dir": str(log_dir), "build_if_missing": None,
+                              "backend": {"kind": "simulated", "world": str(Path(world).resolve()),
+                                          "time_scale": time_scale},
+                              "gateway": {"log_flush_s": 2.0}}
+    if arms:
+        cfg["experiment"] = {"arms": arms, "assign_by": "user"}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def run_demo(*, requests: int = 300, train_requests: int = 4000, workdir: str | None = None, port: int | None = None,
              concurrency: int = 8, world: str | None = None) -> dict[str, object]:
     from router.log_schema import read_logs
     from serving import launcher
     from serving.config import load_serve_config
-    from serving.replay import print_summary, replay
+    from serving.replay import print_summary
     from training.bundle_builder import build_bundle
     from training.simulator import replay_request, write_simulation
     from training.world import generate_requests, load_world
@@ -51,26 +63,15 @@ def run_demo(*, requests: int = 300, train_requests: int = 4000, workdir: str | 
     console.print(f"[green]✓[/] bundle {bundle.version}: classifier {m.classifier.kind} (OOD threshold "
                   f"{m.classifier.ood.threshold:.3f}), policy {m.policy.kind}-{m.policy.variant} "
                   f"(chosen by held-out DR among {sorted(m.metrics['policy']['variants_dr_value'])})")
-    cfg_path = work / "serve.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "host": "127.0.0.1", "port": port or free_port(), "bundle": str(work / "bundle"),
-        "log_dir": str(work / "decision-logs"), "build_if_missing": None,
-        "backend": {"kind": "simulated", "world": str(world_path.resolve()), "time_scale": 0.02},
-        "gateway": {"log_flush_s": 2.0},
-    }))
-    cfg = load_serve_config(cfg_path)
+    cfg = load_serve_config(write_simulated_serve_config(
+        work / "serve.yaml", bundle=work / "bundle", log_dir=work / "decision-logs", world=world_path,
+        time_scale=0.02, port=port))
     held_out = [replay_request(r) for r in generate_requests(w, requests, seed=w.config.seed + 1000)]
-    with console.status("starting Ray Serve (gateway + one deployment per model)"):
-        url = launcher.start(cfg, temp_dir=tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
-    console.print(f"[green]✓[/] serving at {url}")
-    try:
-        result = asyncio.run(replay(url, held_out, concurrency=concurrency))
-        summary = result.summary()
-        print_summary(summary, console)
-        httpx.post(f"{url}/admin/flush", timeout=10.0)
-    finally:
-        with console.status("shutting down"):
-            launcher.stop()
+    console.print("starting Ray Serve (gateway + one deployment per model)")
+    result = launcher.serve_and_replay(cfg, held_out, concurrency=concurrency,
+                                       on_start=lambda url: console.print(f"[green]✓[/] serving at {url}"))
+    summary = result.summary()
+    print_summary(summary, console)
     logged = read_logs(cfg.path(cfg.log_dir)).num_rows
     elapsed = time.perf_counter() - t0
     console.print(f"[green]✓[/] {logged} decisions in the Parquet log at {cfg.path(cfg.log_dir)}; "

@@ -21,15 +21,12 @@ also includes cache hits, which OPE leaves out (both arms share the cache rules)
 
 from __future__ import annotations
 
-import asyncio
 import math
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-import yaml
 from rich.console import Console
 
 Z95 = 1.959963984540054
@@ -38,34 +35,21 @@ Z95 = 1.959963984540054
 def _serve_and_replay(cfg_path: Path, bodies: list[dict[str, Any]], console: Console, label: str) -> dict[str, Any]:
     from serving import launcher
     from serving.config import load_serve_config
-    from serving.replay import replay
 
     cfg = load_serve_config(cfg_path)
-    with console.status(f"{label}: starting Ray Serve"):
-        url = launcher.start(cfg, temp_dir=tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
-    try:
-        console.print(f"[green]✓[/] {label}: serving at {url}; replaying {len(bodies)} requests")
-        result = asyncio.run(replay(url, bodies, concurrency=8, progress=True))
-        httpx.post(f"{url}/admin/flush", timeout=30.0)
-    finally:
-        with console.status(f"{label}: stopping Ray Serve"):
-            launcher.stop()
+    console.print(f"{label}: starting Ray Serve")
+    result = launcher.serve_and_replay(cfg, bodies, concurrency=8, on_start=lambda url: console.print(
+        f"[green]✓[/] {label}: serving at {url}; replaying {len(bodies)} requests"))
     summary = result.summary()
     return {"requests": summary["requests"], "ok": summary["ok"], "log_dir": str(cfg.path(cfg.log_dir))}
 
 
 def _serve_config(path: Path, work: Path, log_dir: str, world: Path, bundle: Path,
                   arms: list[dict[str, Any]] | None = None) -> Path:
-    from turnout.demo import free_port
+    from turnout.demo import write_simulated_serve_config
 
-    cfg: dict[str, Any] = {"host": "127.0.0.1", "port": free_port(), "bundle": str(bundle),
-                           "log_dir": str(work / log_dir), "build_if_missing": None,
-                           "backend": {"kind": "simulated", "world": str(world), "time_scale": 0.01},
-                           "gateway": {"log_flush_s": 2.0}}
-    if arms:
-        cfg["experiment"] = {"arms": arms, "assign_by": "user"}
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_simulated_serve_config(path, bundle=bundle, log_dir=work / log_dir, world=world, time_scale=0.01,
+                                        arms=arms)
 
 
 def without_online_correction(bundle: Any, out: Path) -> Any:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.loop import _serve_config, agreement, decided_share
+from turnout.loop import _serve_config, agreement, decided_share
 from training.retrain_ope import bootstrap_chunk, chunk_plan, run_bootstrap_local
 
 
