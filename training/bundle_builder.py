@@ -145,6 +145,9 @@ def with_cache_policy(current: Bundle, cache_dir: Path, out: str | Path, *, bund
 def train_policy(table: pa.Table, classifier: CategoryClassifier, cfg: RouterConfig, seed: int,
                  step: Step = lambda _: None) -> FittedPolicy:
     rows = bandit_rows(table)
+    if rows.num_rows == 0:
+        raise ValueError("no logged rounds with a model decision and known quality to fit the policy on "
+                         "(every row is a cache hit, fallback, pinned, error or has no quality)")
     step(f"featurizing {rows.num_rows} logged outcomes with the exported classifier")
     data = logged_bandit(rows, policy_features(rows, classifier), cfg.model_names)
     step("fitting policy variants (gbdt-dm, gbdt-ips, linucb) and choosing by held-out DR value")

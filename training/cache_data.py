@@ -277,23 +277,24 @@ def clinc_stream(shared_dir: Path, *, n: int = 3000, seed: int = 0, split: str =
 
 def read_stream(path: str | Path) -> list[dict[str, object]]:
     """Read a ``{"text", "category", "answer_id"}`` JSONL stream; ValueError names the bad line."""
+    from training.formats import DataFormatError, iter_json_objects  # splits on \n only (not U+2028); strict UTF-8
+
+    try:
+        objects = list(iter_json_objects(Path(path)))
+    except DataFormatError as e:  # callers (and tests) expect ValueError with file:line
+        raise ValueError(str(e)) from e
     rows = []
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from e
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{i}: expected an object with text, category, answer_id")
+    for i, row in objects:
         for key in ("text", "category", "answer_id"):
             if key not in row:
                 raise ValueError(f"{path}:{i}: missing field {key!r} (expected text, category, answer_id)")
         if not isinstance(row["text"], str):
             raise ValueError(f"{path}:{i}: 'text' must be a string")
+        ts = row.get("timestamp_s")
+        if "timestamp_s" in row and (isinstance(ts, bool) or not isinstance(ts, (int, float)) or not np.isfinite(ts)):
+            raise ValueError(f"{path}:{i}: 'timestamp_s' must be a finite number of seconds; got {ts!r:.40}")
         rows.append({"text": valid_text(row["text"]), "category": str(row["category"]), "answer_id": str(row["answer_id"]),
-                     **({"timestamp_s": float(row["timestamp_s"])} if "timestamp_s" in row else {})})
+                     **({"timestamp_s": float(ts)} if "timestamp_s" in row else {})})
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows

@@ -239,6 +239,8 @@ def iter_json_objects(path: Path) -> Generator[tuple[int, JsonDict], None, None]
         raise DataFormatError(f"{path}: no such file (expected a JSONL file)")
     with path.open("rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 BOM (Windows editors, PowerShell)
+                raw = raw[3:]
             if raw.strip():
                 yield line_no, _parse_line(raw, path, line_no)
 

@@ -177,14 +177,16 @@ def public_traces(shared_data: Path, work_dir: Path, max_requests: int = 12_000)
     return out
 
 
-def _signature(trace: Trace, i: int) -> tuple[int, int, tuple[int, ...]]:
-    return int(trace.input_tokens[i]), int(trace.output_tokens[i]), trace.prefix_hashes[i][:4]
+def _signature(trace: Trace, i: int, hashes: bool = True) -> tuple[int, int, tuple[int, ...]]:
+    return int(trace.input_tokens[i]), int(trace.output_tokens[i]), trace.prefix_hashes[i][:4] if hashes else ()
 
 
 def overlap(evaluated: Trace, candidate: Trace) -> float:
-    """Share of ``evaluated``'s requests whose (input, output, first 4 prefix hashes) occur in ``candidate``."""
-    seen = {_signature(candidate, i) for i in range(candidate.n)}
-    return sum(_signature(evaluated, i) in seen for i in range(evaluated.n)) / max(evaluated.n, 1)
+    """Share of ``evaluated``'s requests whose (input, output, first 4 prefix hashes) occur in ``candidate``;
+    without prefix hashes on either side (e.g. a public trace re-exported as CSV), (input, output) alone."""
+    hashes = evaluated.has_prefixes and candidate.has_prefixes
+    seen = {_signature(candidate, i, hashes) for i in range(candidate.n)}
+    return sum(_signature(evaluated, i, hashes) in seen for i in range(evaluated.n)) / max(evaluated.n, 1)
 
 
 def training_traces(evaluated: Trace | Sequence[Trace] | None, *, shared_data: Path | None, work_dir: Path,
@@ -249,6 +251,8 @@ def collect_telemetry(traces: dict[str, Trace], *, loads: Sequence[float] = TRAI
                                engine=cfgs, telemetry=True, source=f"{name}/{policy}/load={load}/n={n_rep}")
                 assert res.telemetry is not None
                 parts.append(res.telemetry)
+    if not parts:
+        raise ValueError(f"no trace to simulate: {sorted(traces)} each need >= 2 requests with distinct timestamps")
     return Telemetry.concat(parts)
 
 

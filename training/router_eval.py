@@ -24,7 +24,7 @@ import numpy as np
 from router.config import Preference
 from router.features import featurize
 from router.policy import utilities
-from training.formats import OutcomeRow, read_jsonl
+from training.formats import DataFormatError, OutcomeRow, read_jsonl
 from training.ope import DEFAULT_ESTIMATORS, OPEBatch, estimate_interval
 from training.policy import GBDTPolicyTrainer, LinUCBTrainer, LoggedBandit, PolicyTrainer, fit_policy
 
@@ -126,8 +126,12 @@ def ope_report(trainer: PolicyTrainer, table: OutcomeTable, x: np.ndarray, ref_c
 
 def eval_router(train_path: str | Path, test_path: str | Path, *, seed: int = 0,
                 sweep: Sequence[float] = COST_SWEEP, n_bootstrap: int = 200) -> dict[str, Any]:
-    train = OutcomeTable.from_rows(read_jsonl(train_path, "outcomes"))
-    test = OutcomeTable.from_rows(read_jsonl(test_path, "outcomes"), train.models)
+    train_rows, test_rows = read_jsonl(train_path, "outcomes"), read_jsonl(test_path, "outcomes")
+    for path, rows in ((train_path, train_rows), (test_path, test_rows)):
+        if not rows:
+            raise DataFormatError(f"{path}: no outcome rows (expected JSONL of {{prompt, outcomes}})")
+    train = OutcomeTable.from_rows(train_rows)
+    test = OutcomeTable.from_rows(test_rows, train.models)
     categories = sorted(set(train.categories))
     x_train, x_test = train.features(categories), test.features(categories)
     logs = uniform_logs(train, x_train, np.random.default_rng(seed))

@@ -17,8 +17,19 @@ from router.errors import RouterError
 Handler = Callable[[argparse.Namespace], int]
 
 
+def _finite(obj: object) -> object:
+    """NaN/Infinity -> null: they are not JSON, and a consumer's strict parser would reject the whole report."""
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _emit(obj: object, out: str | None = None) -> None:
-    text = json.dumps(obj, indent=2, default=str)
+    text = json.dumps(_finite(obj), indent=2, default=str, allow_nan=False)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n", encoding="utf-8")
@@ -106,6 +117,8 @@ def cmd_eval_replicas(a: argparse.Namespace) -> int:
     from training.replica_eval import eval_replicas_cli
 
     policies = [p.strip() for p in a.policies.split(",") if p.strip()]
+    if not policies:
+        raise ValueError("--policies is empty; give a comma-separated list, e.g. pow2,learned")
     report = eval_replicas_cli(Path(a.trace), a.replicas, a.load, policies, Path(a.model) if a.model else None,
                                Path(a.out), seed=a.seed)
     _emit(report)
@@ -196,6 +209,8 @@ def cmd_eval_classifier(a: argparse.Namespace) -> int:
     if (Path(a.bundle) / "manifest.json").exists():
         load_bundle(a.bundle)  # verify hashes before trusting the files
     rows = read_jsonl(a.data, "labelled")
+    if not any(r.category != "ood" for r in rows):  # accuracy, ECE and OOD AUROC all need in-taxonomy rows
+        raise ValueError(f"{a.data}: no rows with a taxonomy category ({len(rows)} rows, all labelled 'ood' or none)")
     ood = read_texts(a.ood) if a.ood else None
     report = eval_classifier_report(Path(a.bundle), [r.text for r in rows], [r.category for r in rows], ood)
     _emit(report, a.out)
@@ -353,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="simulate logged traffic from a world config")
     sim.add_argument("--config", default="configs/world.yaml")
-    sim.add_argument("--requests", type=int, default=4000)
+    sim.add_argument("--requests", type=_positive_int, default=4000)
     sim.add_argument("--out", required=True)
     sim.add_argument("--seed", type=int, default=None, help="default: the world's seed")
     sim.add_argument("--quiet", action="store_true")
@@ -519,7 +534,7 @@ generated data.""")
     eca.add_argument("--stream", required=True, help="JSONL stream of {text, category, answer_id}")
     eca.add_argument("--out", required=True, help="REPORT.json")
     eca.add_argument("--policy", default=None, help="directory written by `turnout train cache`")
-    eca.add_argument("--target-false-hit-rate", type=float, default=0.05)
+    eca.add_argument("--target-false-hit-rate", type=_fraction, default=0.05)
     eca.add_argument("--shared-dir", default="../shared/data", help="public datasets added to the generated fit data")
     eca.add_argument("--seed", type=int, default=0)
     eca.set_defaults(func=cmd_eval_cache)

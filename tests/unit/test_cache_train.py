@@ -106,6 +106,13 @@ def test_read_stream_names_bad_lines(tmp_path: Path) -> None:
     lone = tmp_path / "lone.jsonl"  # an escaped lone surrogate: valid JSON, replaced by U+FFFD
     lone.write_text('{"text": "caf\\ud800", "category": "chat", "answer_id": "a"}\n', encoding="utf-8")
     assert read_stream(lone)[0]["text"] == "caf\ufffd"
+    sep = tmp_path / "sep.jsonl"  # U+2028 inside a string is valid JSON; only \n ends a JSONL line
+    sep.write_text(json.dumps({"text": "a\u2028b", "category": "chat", "answer_id": "a"}, ensure_ascii=False) + "\n",
+                   encoding="utf-8")
+    assert read_stream(sep)[0]["text"] == "a\u2028b"
+    bad.write_text(json.dumps({"text": "hi", "category": "chat", "answer_id": "a", "timestamp_s": None}) + "\n")
+    with pytest.raises(ValueError, match="bad.jsonl:1: 'timestamp_s' must be a finite number"):
+        read_stream(bad)
 
 
 def test_observed_staleness_measures_answer_lifetimes() -> None:

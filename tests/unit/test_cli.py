@@ -79,6 +79,17 @@ def test_user_errors_exit_2_with_a_clear_message(argv: list[str], message: str, 
     assert message in capsys.readouterr().err
 
 
+def test_empty_or_all_ood_inputs_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ood = tmp_path / "ood.jsonl"
+    ood.write_text(json.dumps({"text": "bonjour", "category": "ood"}) + "\n")
+    assert main(["eval", "classifier", "--bundle", str(tmp_path / "b"), "--data", str(ood), "--json"]) == 2
+    assert "no rows with a taxonomy category" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["eval", "router", "--train", str(empty), "--test", str(empty), "--out", str(tmp_path / "r.json")]) == 2
+    assert "no outcome rows" in capsys.readouterr().err
+
+
 def test_retrain_help_states_the_settings_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     """The flags default to None (RetrainSettings holds the values); their help text must not drift."""
     from training.retrain import RetrainSettings

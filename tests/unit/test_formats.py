@@ -62,6 +62,12 @@ def test_blank_lines_are_skipped(tmp_path: Path) -> None:
     assert read_jsonl(path, "labelled") == [LabelledPrompt("a", "chat")]
 
 
+def test_bom_and_crlf_are_accepted(tmp_path: Path) -> None:  # files saved by Windows editors / PowerShell
+    path = tmp_path / "w.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "a", "category": "chat"}\r\n{"text": "b", "category": "code"}\r\n')
+    assert read_jsonl(path, "labelled") == [LabelledPrompt("a", "chat"), LabelledPrompt("b", "code")]
+
+
 BAD_ROWS = [
     ("labelled", {"text": "a"}, r"missing required field 'category' \(keys present: \['text'\]\)"),
     ("labelled", {"text": 3, "category": "chat"}, r"field 'text' must be a non-empty string; got 3"),
