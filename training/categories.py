@@ -71,9 +71,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,15 +277,28 @@ def labelled_ids(labels_file: Path | None) -> set[str]:
     return {json.loads(line)["id"] for line in lines if line.strip()}
 
 
-def public_rows(shared_dir: Path) -> Iterator[CategoryRow]:
-    """Every labelled row of the public sources, in a fixed order."""
+def public_sources(shared_dir: Path) -> dict[str, tuple[Path, Callable[[], Iterator[CategoryRow]]]]:
+    """Each public source: name -> (the folder it reads, its rows), in a fixed order."""
     routellm, routerbench = shared_dir / "routellm", shared_dir / "routerbench_subset_routerdc"
-    yield from mmlu_rows(routellm / "mmlu_responses")
-    yield from gsm8k_rows(routellm / "gsm8k" / "test.jsonl")
-    yield from mt_bench_rows(routellm / "mt_bench" / "question.jsonl")
-    yield from routerbench_rows(routerbench, "mbpp", "code", "mbpp")
-    yield from routerbench_rows(routerbench, "arc_challenge", "knowledge", "arc")
-    yield from clinc_rows(shared_dir / "clinc150_oos")
+    return {
+        "mmlu": (routellm / "mmlu_responses", lambda: mmlu_rows(routellm / "mmlu_responses")),
+        "gsm8k": (routellm / "gsm8k", lambda: gsm8k_rows(routellm / "gsm8k" / "test.jsonl")),
+        "mt_bench": (routellm / "mt_bench", lambda: mt_bench_rows(routellm / "mt_bench" / "question.jsonl")),
+        "mbpp": (routerbench, lambda: routerbench_rows(routerbench, "mbpp", "code", "mbpp")),
+        "arc": (routerbench, lambda: routerbench_rows(routerbench, "arc_challenge", "knowledge", "arc")),
+        "clinc150": (shared_dir / "clinc150_oos", lambda: clinc_rows(shared_dir / "clinc150_oos")),
+    }
+
+
+def public_rows(shared_dir: Path, missing: list[str] | None = None) -> Iterator[CategoryRow]:
+    """Every labelled row of the public sources present under ``shared_dir``, in a fixed order. A source
+    whose folder is absent is skipped (its name appended to ``missing``): "the public datasets
+    available" differ between machines; a folder that exists but is malformed still raises."""
+    for name, (folder, rows) in public_sources(shared_dir).items():
+        if folder.is_dir():
+            yield from rows()
+        elif missing is not None:
+            missing.append(name)
 
 
 # ------------------------------------------------------------------------------------- build the set
@@ -301,14 +315,20 @@ def build_category_set(shared_dir: Path, out: Path, *, seed: int = 0, per_class_
     exclude the hand-labelled ids (the hand label wins). Returns a summary::
 
         {"out": str, "n_rows": int, "categories": {cat: n}, "sources": {src: n},
-         "by_category_source": {cat: {src: n}}, "n_duplicates": int, "n_ambiguous": int}
+         "by_category_source": {cat: {src: n}}, "n_duplicates": int, "n_ambiguous": int,
+         "missing_sources": [public source absent from shared_dir]}
     """
     shared_dir, out = Path(shared_dir), Path(out)
     if not shared_dir.is_dir():
         raise DataFormatError(f"categories: shared data folder {shared_dir} does not exist")
     if per_class_max < 1:
         raise DataFormatError(f"categories: per_class_max must be >= 1; got {per_class_max}")
-    rows = [r for r in public_rows(shared_dir) if r.category in taxonomy]
+    missing: list[str] = []
+    rows = [r for r in public_rows(shared_dir, missing) if r.category in taxonomy]
+    if missing:
+        logging.getLogger("turnout.categories").warning(
+            "categories: %s not found under %s; building the set without %s", ", ".join(missing), shared_dir,
+            "it" if len(missing) == 1 else "them")
     rows += list(simulated_rows(taxonomy, n_simulated_per_class, seed))
     if (shared_dir / "sharegpt_v3_subset").is_dir():
         rows += [r for r in sharegpt_rows(shared_dir, labels_file, hand_labels_file, seed, hand=sharegpt_hand,
@@ -326,7 +346,7 @@ def build_category_set(shared_dir: Path, out: Path, *, seed: int = 0, per_class_
             "categories": dict(sorted(Counter(r.category for r in chosen).items())),
             "sources": dict(sorted(Counter(r.source for r in chosen).items())),
             "by_category_source": {c: dict(sorted(v.items())) for c, v in sorted(by_cs.items())},
-            "n_duplicates": n_dup, "n_ambiguous": n_amb}
+            "n_duplicates": n_dup, "n_ambiguous": n_amb, "missing_sources": missing}
 
 
 def deduplicate(rows: Sequence[CategoryRow]) -> tuple[list[CategoryRow], int, int]:

@@ -221,3 +221,13 @@ def test_sharegpt_rows_leave_hand_labelled_prompts_to_the_hand_source(tmp_path: 
     assert weak == {turns[f"c{i}_0"] for i in range(25, 100)}  # rule labels only where no hand label exists
     assert {r.source for r in sharegpt_rows(tmp_path, evaluation, hand, seed=0, hand=False)} == {WEAK_SOURCE}
     assert {r.source for r in sharegpt_rows(tmp_path, evaluation, hand, seed=0, weak=False)} == {HAND_SOURCE}
+
+
+@pytest.mark.data
+def test_missing_public_sources_are_skipped_and_reported(shared_data: Path, tmp_path: Path) -> None:
+    partial = tmp_path / "shared"
+    partial.mkdir()
+    (partial / "clinc150_oos").symlink_to(shared_data / "clinc150_oos")  # only CLINC150 on this machine
+    summary = build_category_set(partial, tmp_path / "cats.jsonl", seed=0, per_class_max=100, n_simulated_per_class=20)
+    assert summary["missing_sources"] == ["mmlu", "gsm8k", "mt_bench", "mbpp", "arc"]
+    assert set(summary["sources"]) == {"clinc150", "simulated"}
