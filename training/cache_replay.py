@@ -30,6 +30,7 @@ class PreparedStream:
     neighbours: np.ndarray  # (N, K) int, -1 = none; earlier items of the same category, best first
     sims: np.ndarray  # (N, K) float32
     norm: list[str]
+    cacheable: list[bool]  # False: the real cache neither looks the item up nor stores it (empty prompt)
     _probs: dict[tuple[int, int], float] = field(default_factory=dict)
 
 
@@ -50,7 +51,8 @@ def prepare(rows: Sequence[dict[str, object]], encode: Callable[[list[str]], np.
         top = np.argsort(-s, axis=1)[:, :k]
         neigh[idx, :k] = np.where(np.take_along_axis(s, top, 1) > -2.0, idx[top], -1)
         sims[idx, :k] = np.take_along_axis(s, top, 1)
-    return PreparedStream(texts, cats, aids, emb, neigh, sims, [normalise(t) for t in texts])
+    return PreparedStream(texts, cats, aids, emb, neigh, sims, [normalise(t) for t in texts],
+                          [bool(t.strip()) for t in texts])  # router.cache.ResponseCache.cacheable
 
 
 # acceptance rule: (item, [(candidate, cosine)] best first) -> chosen candidate or None
@@ -82,6 +84,8 @@ def replay(ps: PreparedStream, accept: Accept, *, top_k: int = 4, categories: se
         if categories is not None and cat not in categories:
             continue
         n[cat] = n.get(cat, 0) + 1
+        if not ps.cacheable[i]:
+            continue
         j = exact.get((cat, ps.norm[i]))
         if j is None:
             cands = []
@@ -167,6 +171,9 @@ def online_replay(ps: PreparedStream, settings: OnlineSettings, mu0: dict[str, f
     explored = pairs = 0
     for i, cat in enumerate(ps.categories):
         n[cat] = n.get(cat, 0) + 1
+        if not ps.cacheable[i]:
+            decisions.append(-1)
+            continue
         ev = evidence.setdefault(cat, OnlineEvidence(settings))
         j = exact.get((cat, ps.norm[i]))
         cands: list[Candidate] = []

@@ -37,6 +37,8 @@ def test_near_misses_change_the_answer_and_paraphrases_do_not(stream: list[dict[
 
 
 def test_fast_replay_matches_the_real_cache(stream: list[dict[str, object]]) -> None:
+    blanks = [{"text": t, "category": TAX[0], "answer_id": f"blank{k}"} for k, t in enumerate(["", "   ", "\n", ""])]
+    stream = stream[:50] + blanks[:2] + stream[50:100] + blanks[2:] + stream[100:]  # the real cache skips blanks
     ps = prepare(stream, ENC.encode)
     thresholds = {c: 0.8 for c in TAX}
     fast = replay(ps, threshold_rule(thresholds, ps))
