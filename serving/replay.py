@@ -46,6 +46,8 @@ class ReplayResult:
             "cost_usd": float(sum(x.get("cost_usd") or 0.0 for x in d)),
             "throughput_rps": len(self.latencies_ms) / self.wall_s if self.wall_s else 0.0,
             "simulated": any(x.get("simulated") for x in d),
+            # what went wrong, most frequent first (status 0 = no HTTP response: connection refused, timeout)
+            "errors": [{"count": n, "error": e} for e, n in Counter(self.errors).most_common(3)],
         }
 
 
@@ -93,7 +95,7 @@ async def replay(url: str, bodies: Sequence[dict[str, Any]], *, concurrency: int
                     result.latencies_ms.append((time.perf_counter() - t0) * 1000.0)
                     result.decisions.append(r.json()["turnout"])
                 else:
-                    result.errors.append(r.text[:300])
+                    result.errors.append(f"HTTP {r.status_code}: {r.text[:300]}")
             except httpx.HTTPError as e:
                 result.statuses[0] += 1
                 result.errors.append(f"{type(e).__name__}: {e}")
@@ -124,3 +126,5 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     t.add_row("throughput (req/s)", f"{summary['throughput_rps']:.1f}")
     t.add_row("cost (USD)", f"{summary['cost_usd']:.4f}")
     console.print(t)
+    for err in summary.get("errors", []):
+        console.print(f"[red]{err['count']} x[/red] {err['error']}", markup=True, highlight=False)
