@@ -309,6 +309,15 @@ def train_cache(logs: str | Path, cfg: RouterConfig, out: str | Path, *, fit_row
     step(f"replaying {table.num_rows} logged requests per category for hit rates and break-even")
     policies, report = category_economics(table, cfg, matchers, encoder,
                                           staleness=observed_staleness(fit_rows or []), step=step)
+    unseen = [c for c in cfg.taxonomy if report[c].get("requests") == 0]
+    if unseen:  # e.g. a custom taxonomy whose categories the logs' classifier never produced
+        import logging
+
+        logging.getLogger("turnout.cache").warning(
+            "cache: no logged request has category %s (logs in %s; their categories: %s): %s skip the cache "
+            "until logs with them are trained on", ", ".join(unseen), logs,
+            ", ".join(sorted({str(c) for c in table.column("category").to_pylist()})) or "none",
+            "it" if len(unseen) == 1 else "they")
     s = cfg.cache
     policy = CachePolicy(
         categories=policies,
