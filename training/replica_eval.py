@@ -311,12 +311,15 @@ def eval_replicas(trace: Trace, n_replicas: int, load: float, policies: Sequence
 
 
 def eval_replicas_cli(trace: Path, replicas: int, load: float, policies: list[str], model_dir: Path | None,
-                      out: Path, *, shared_data: Path | None = None, seed: int = 0) -> dict[str, Any]:
+                      out: Path, *, shared_data: Path | None = None, seed: int = 0,
+                      max_gap_s: float | None = None) -> dict[str, Any]:
     """``turnout eval replicas``: the report dict, also written to ``out`` as JSON.
 
     Without ``model_dir`` and with ``learned`` among the policies, a scorer is first trained on other
     traces (``train_scorer_excluding``) into ``<out stem>-replica-model/`` next to the report.
     ``shared_data`` defaults to ``../shared/data`` beside the repository (env ``TURNOUT_SHARED_DATA``).
+    ``max_gap_s``: idle gaps longer than this are cut first (``Trace.without_gaps``), so ``load`` is the
+    load of the trace's busy periods rather than of its whole span.
 
     Raises:
         DataFormatError: the trace file is invalid. ValueError: bad replicas/load/policy names.
@@ -328,6 +331,9 @@ def eval_replicas_cli(trace: Path, replicas: int, load: float, policies: list[st
     if replicas < 1:
         raise ValueError(f"--replicas must be >= 1; got {replicas}")
     tr = Trace.read(trace)
+    gaps_cut = 0
+    if max_gap_s is not None:
+        tr, gaps_cut = tr.without_gaps(max_gap_s)
     scorer_info: dict[str, Any] = {}
     scorer = None
     if "learned" in policies:
@@ -343,6 +349,7 @@ def eval_replicas_cli(trace: Path, replicas: int, load: float, policies: list[st
             scorer_info = {k: scorer.manifest.get(k) for k in ("trained_on", "excluded", "training")}
     report = eval_replicas(tr, replicas, load, policies, scorer=scorer, seed=seed)
     report["trace_path"] = str(trace)
+    report["max_gap_s"], report["gaps_cut"] = max_gap_s, gaps_cut
     report["model_dir"] = str(model_dir) if model_dir is not None else None
     report["model_file"] = str(Path(model_dir) / REPLICA_MODEL_FILE) if model_dir is not None else None
     report["trained_on"] = scorer_info.get("trained_on", [])

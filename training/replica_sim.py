@@ -122,6 +122,19 @@ class Trace:
         """Timestamps multiplied by ``factor`` (< 1 compresses: more load)."""
         return replace(self, arrival_s=self.arrival_s * factor)
 
+    def without_gaps(self, max_gap_s: float) -> tuple[Trace, int]:
+        """Every inter-arrival gap longer than ``max_gap_s`` cut to ``max_gap_s`` (and how many were cut).
+        ``scale_to_load`` scales to the mean rate over the whole span, so a quiet night or a missing day
+        in a real trace would leave its busy hours overloaded at any ``load``; this removes the idle time."""
+        if not (max_gap_s > 0 and math.isfinite(max_gap_s)):
+            raise ValueError(f"max_gap_s must be a finite number > 0; got {max_gap_s!r}")
+        gaps = np.diff(self.arrival_s)
+        cut = gaps > max_gap_s
+        if not cut.any():
+            return self, 0
+        arrival = np.concatenate([self.arrival_s[:1], self.arrival_s[0] + np.cumsum(np.minimum(gaps, max_gap_s))])
+        return replace(self, arrival_s=arrival), int(cut.sum())
+
     def head(self, n: int) -> Trace:
         return Trace(self.name, self.arrival_s[:n], self.input_tokens[:n], self.output_tokens[:n],
                      self.prefix_hashes[:n])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -120,7 +121,7 @@ def cmd_eval_replicas(a: argparse.Namespace) -> int:
     if not policies:
         raise ValueError("--policies is empty; give a comma-separated list, e.g. pow2,learned")
     report = eval_replicas_cli(Path(a.trace), a.replicas, a.load, policies, Path(a.model) if a.model else None,
-                               Path(a.out), seed=a.seed)
+                               Path(a.out), seed=a.seed, max_gap_s=a.max_gap)
     _emit(report)
     return 0
 
@@ -335,6 +336,14 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    v = float(text)
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="turnout", description="Learned query router and load balancer for LLM traffic.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -500,7 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     erp = esub.add_parser("replicas", help="replay a request trace over N simulated replicas under each policy")
     erp.add_argument("--trace", required=True, help="trace JSONL (turnout data convert mooncake|ragpulse|servegen output, or a Mooncake *_trace.jsonl as published) or CSV")
     erp.add_argument("--replicas", type=int, default=4)
-    erp.add_argument("--load", type=float, default=0.8, help="offered load / saturated capacity")
+    erp.add_argument("--load", type=float, default=0.8,
+                     help="offered load / saturated capacity, as a mean over the trace's span (see --max-gap)")
+    erp.add_argument("--max-gap", type=_positive_float, default=None, metavar="SECONDS",
+                     help="cut idle gaps longer than this (trace time) before scaling to --load: a trace with quiet "
+                          "nights or missing days is otherwise overloaded in its busy hours")
     erp.add_argument("--policies", default="round_robin,pow2,least_loaded,prefix_affinity,learned")
     erp.add_argument("--model", default=None, help="replica model dir; default: train one on other traces first")
     erp.add_argument("--out", required=True, help="REPORT.json")

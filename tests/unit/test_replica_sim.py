@@ -143,6 +143,22 @@ def test_scale_to_load_hits_the_offered_rate() -> None:
         scale_to_load(tr, 0.0, 4, CFG)
 
 
+def test_idle_gaps_are_cut_before_scaling_to_a_load() -> None:
+    busy = poisson(400, rate=1.0)
+    gap = float(busy.arrival_s[-1]) + 86_400.0  # the same traffic again after a silent day
+    both = trace([(float(t), 1000, 50) for t in busy.arrival_s] + [(gap + float(t), 1000, 50) for t in busy.arrival_s])
+    cut, n_cut = both.without_gaps(60.0)
+    assert n_cut == 1 and cut.duration_s == pytest.approx(2 * busy.duration_s + 60.0)
+    assert np.all(np.diff(cut.arrival_s) <= 60.0 + 1e-9) and cut.n == both.n
+    # scaled to 0.8 over the whole span, the busy halves are overloaded; without the gap they are not
+    p99 = {name: simulate(scale_to_load(t, 0.8, 2, CFG).trace, 2, make_policy("least_loaded", seed=0),
+                          engine=CFG).metrics()["ttft_p99"] for name, t in (("span", both), ("cut", cut))}
+    assert p99["span"] > 10 * p99["cut"], p99  # scaled over the silent day, the busy halves are ~100x overloaded
+    assert both.without_gaps(1e9) == (both, 0)
+    with pytest.raises(ValueError, match="max_gap_s must be a finite number > 0"):
+        both.without_gaps(0.0)
+
+
 def test_bad_replica_counts() -> None:
     with pytest.raises(ValueError, match="n_replicas must be >= 1"):
         simulate(poisson(5, 1.0), 0, make_policy("pow2"))
