@@ -8,9 +8,10 @@
    time), and the OOD guard on sets that share no source with anything used in fitting: non-English
    ShareGPT prompts (hand-labelled + a model-free non-Latin-script rule), CLINC150 out-of-scope
    queries, generated gibberish and base64 blobs -- each against held-out in-distribution prompts
-   and against the English ShareGPT prompts. The category set includes ``sharegpt_weak`` (rule-labelled
-   ShareGPT first turns of *other* conversations, ``training.weak_labels``), so the ShareGPT score is
-   in-source; ``sharegpt_cross_source`` refits each family without that source (ShareGPT unseen).
+   and against the English ShareGPT prompts. The category set includes ShareGPT first turns of *other*
+   conversations (``sharegpt_hand``: hand-labelled, ``training/labels``; ``sharegpt_weak``: rule-labelled,
+   ``training.weak_labels``), so the ShareGPT score is in-source; ``sharegpt_cross_source`` refits each
+   family without both sources (ShareGPT unseen).
 4. Single-request latency, one thread (prepare + ONNX + calibration + OOD); the encoder's cost apart.
 5. ONNX vs native parity.
 
@@ -33,8 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import REPO, console, environment, table, write_json  # noqa: E402
 from router.ood import prepare_text  # noqa: E402
-import training.categories as categories  # noqa: E402
-from training.categories import WEAK_SOURCE, build_category_set, read_category_set  # noqa: E402
+from training.categories import SHAREGPT_SOURCES, WEAK_SOURCE, build_category_set, read_category_set  # noqa: E402
 from router.classifier import OPENING_TOKENS, encoder_features  # noqa: E402
 from training.classifier import (  # noqa: E402
     DEFAULT_MAX_CHARS,
@@ -64,8 +64,6 @@ BAD_INPUTS = ["", "   \n\t ", "\ud800", "\udfff abc", "😀🎉🔥👍", "x" * 
               "SGVsbG8gd29ybGQhIFRoaXMgaXMgYmFzZTY0IGVuY29kZWQgdGV4dC4=", "asdkjh qweoiu zxcmnb lkjqwe poiuyt",
               "\x00\x01\x02", "ﾟ･✿ヾ╲(｡◕‿◕｡)╱✿･ﾟ", "?!?!...", "Ünïcödé ßtrâßé ñ"]
 MIN_GAIN = 0.02
-# every ShareGPT-derived training source: all are dropped to score ShareGPT as an unseen source
-SHAREGPT_SOURCES: tuple[str, ...] = tuple(getattr(categories, "SHAREGPT_SOURCES", (WEAK_SOURCE,)))
 MIN_CONFIDENCE = 0.4  # configs/router.yaml min_confidence
 
 
@@ -270,9 +268,9 @@ def print_tables(r: dict[str, Any]) -> None:
                      s["accuracy"], s["ece"], s["latency_ms"]["p50"], s["latency_ms"]["p99"]])
     table("Families (random held-out split / leave-one-source-out / hand-labelled ShareGPT)",
           ["family", "test acc", "test F1", "ECE raw", "ECE cal", "T", "LOSO mean F1", "ShareGPT F1",
-           f"ShareGPT F1 w/o {WEAK_SOURCE}", "ShareGPT acc", "ShareGPT ECE", "p50 ms", "p99 ms"], rows,
-          caption=r["why"] + f"; ShareGPT F1 is in-source when {WEAK_SOURCE} is trained on (other conversations, "
-                             "rule labels), cross-source without it")
+           "ShareGPT F1 w/o ShareGPT", "ShareGPT acc", "ShareGPT ECE", "p50 ms", "p99 ms"], rows,
+          caption=r["why"] + "; ShareGPT F1 is in-source (ShareGPT prompts of other conversations in training, "
+                             "hand- and rule-labelled), cross-source without them")
     srcs = sorted(next(iter(fams.values()))["metrics"]["selection"][next(iter(fams))]["loso"])
     rows = []
     for src in srcs:
@@ -289,7 +287,7 @@ def print_tables(r: dict[str, Any]) -> None:
         pcs.append([c] + [fams[f][k][f"per_class"][c]["f1"] for f in fams for k in ("sharegpt", "sharegpt_cross_source")]
                    + [fams[f]["sharegpt"]["per_class"][c][k] for f in fams for k in ("precision", "recall")]
                    + [fams[next(iter(fams))]["sharegpt"]["per_class"][c]["support"]])
-    table("ShareGPT per class", ["category"] + [f"{f} F1{x}" for f in fams for x in ("", f" w/o {WEAK_SOURCE}")]
+    table("ShareGPT per class", ["category"] + [f"{f} F1{x}" for f in fams for x in ("", " w/o ShareGPT")]
           + [f"{f} {k}" for f in fams for k in ("P", "R")] + ["n"], pcs)
     o = r["ood"]
     rows = [[k, v["n"], v["auroc_vs_heldout_in_distribution"], v["fpr95_vs_heldout_in_distribution"],

@@ -258,8 +258,8 @@ __all__ = ["FIELDS", "SCHEMA", "LogRecord", "read_logs", "records_to_table", "va
 
 # --- Late feedback (contract 1) ------------------------------------------------------------------
 # Quality often arrives after the request was logged (a thumbs-up, a grader). It is written as its own
-# ``feedback-*.parquet`` shards next to the decision logs; ``read_logs`` skips them and trainers call
-# ``join_feedback(read_logs(d), read_feedback(d))``.
+# ``feedback-*.parquet`` shards next to the decision logs; ``read_logs(d)`` reads the decision shards and
+# joins them (``join_feedback(..., read_feedback(d))``; ``feedback=False`` keeps the logged quality).
 
 FEEDBACK_PREFIX = "feedback"
 FEEDBACK_SCHEMA = pa.schema([

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,14 @@ def _no_constant(name: str) -> Any:
     raise RequestError(f"not valid JSON ({name} is not a JSON number)")
 
 
+def _finite_float(text: str) -> float:
+    """``1e999`` parses to inf: the same refusal as ``Infinity`` (httpx would not send it either)."""
+    x = float(text)
+    if not math.isfinite(x):
+        raise RequestError(f"not valid JSON ({text[:40]} is out of range for a JSON number)")
+    return x
+
+
 def decode_json_object(raw: bytes) -> dict[str, Any]:
     """Strict UTF-8 -> JSON -> object; the one place raw client/file bytes become a dict.
 
@@ -69,7 +78,7 @@ def decode_json_object(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise RequestError(f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from e
     try:
-        obj = json.loads(text, parse_constant=_no_constant)
+        obj = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
     except json.JSONDecodeError as e:
         where = f"column {e.colno}" if e.lineno == 1 else f"line {e.lineno} column {e.colno}"
         raise RequestError(f"not valid JSON ({e.msg} at {where})") from e

@@ -90,7 +90,8 @@ class ReplicaRouting(_Frozen):
 
     kind: Literal["pow2", "learned"] = "pow2"
     model: str | None = Field(default=None, description=(
-        "directory with replicas.onnx (kind: learned); default: the serving bundle, where retrain refits it"))
+        "directory with replicas.onnx (kind: learned); default: the serving bundle, where retrain refits it "
+        "(read at deploy time: a hot reload does not swap it)"))
     stats_period_s: float = Field(default=1.0, gt=0)
 
 

@@ -3,7 +3,8 @@
 Records are buffered and written as one shard when ``flush_rows`` accumulate or the oldest buffered
 record is ``flush_s`` old (checked on every append and by the gateway's periodic flush), and on
 ``close()``. A clean stop loses nothing; a crash loses at most the buffer. A failed write keeps the
-records for the next flush and is logged: an answered request never fails because of its log. During
+records for the next flush and is logged: an answered request never fails because of its log; the next
+due flush then waits ``flush_s`` (not every append retrying the whole buffer during an outage). During
 a long write outage at most ``max_buffer_rows`` are kept (the oldest beyond it are dropped, counted in
 ``n_dropped`` and logged) so the gateway's memory stays bounded.
 
@@ -53,6 +54,7 @@ class DecisionLogWriter:
         self.n_quarantined = 0
         self._buffer: list[LogRecord] = []
         self._oldest_s: float | None = None
+        self._retry_at = 0.0  # after a failed write, no due flush before this (monotonic seconds)
         self._lock = threading.Lock()
         self.n_written = 0
         self.n_failed_writes = 0
@@ -66,12 +68,17 @@ class DecisionLogWriter:
             if not self._buffer:
                 self._oldest_s = time.monotonic()
             self._buffer.append(record)
+            if len(self._buffer) > self.max_buffer_rows:  # only while writes fail: the cap holds between retries
+                del self._buffer[0]
+                self.n_dropped += 1
         if self._writer is None:
             self.flush_if_due()
         elif self._is_due() and (self._pending is None or self._pending.done()):
             self._pending = self._writer.submit(self.flush)
 
     def _is_due(self) -> bool:
+        if time.monotonic() < self._retry_at:
+            return False
         return len(self._buffer) >= self.flush_rows or (
             self._oldest_s is not None and time.monotonic() - self._oldest_s >= self.flush_s)
 
@@ -92,6 +99,7 @@ class DecisionLogWriter:
             with self._lock:
                 self._buffer[:0] = batch
                 self._oldest_s = time.monotonic()
+                self._retry_at = self._oldest_s + self.flush_s
                 excess = len(self._buffer) - self.max_buffer_rows
                 if excess > 0:
                     del self._buffer[:excess]

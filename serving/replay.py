@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -127,4 +128,5 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     t.add_row("cost (USD)", f"{summary['cost_usd']:.4f}")
     console.print(t)
     for err in summary.get("errors", []):
-        console.print(f"[red]{err['count']} x[/red] {err['error']}", markup=True, highlight=False)
+        # the text is the server's: a '[/x]' in it must print as is, not raise rich's MarkupError
+        console.print(f"[red]{err['count']} x[/red] {escape(err['error'])}", markup=True, highlight=False)

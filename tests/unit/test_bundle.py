@@ -209,3 +209,29 @@ def test_failed_write_leaves_no_temp_directory(bundle: Bundle, tmp_path: Path) -
     with pytest.raises(ArtifactError):
         write_bundle(out, incomplete, router=m.router, classifier=m.classifier, policy=m.policy, bundle_version="v2")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_swap_puts_the_previous_bundle_back(bundle: Bundle, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """write_bundle moves the live bundle aside, then renames the new one in; if that rename fails the
+    live bundle is moved back before the error surfaces (never a path without a bundle)."""
+    import router.bundle as rb
+
+    out = tmp_path / "live"
+    m = bundle.manifest
+    write_bundle(out, _files(bundle), router=m.router, classifier=m.classifier, policy=m.policy, bundle_version="v1")
+    real, calls = os.replace, []
+
+    def second_fails(src: Any, dst: Any) -> None:
+        calls.append((Path(src).name, Path(dst).name))
+        if len(calls) == 2:
+            raise OSError("rename refused")
+        real(src, dst)
+
+    monkeypatch.setattr(rb.os, "replace", second_fails)
+    with pytest.raises(OSError, match="rename refused"):
+        write_bundle(out, _files(bundle), router=m.router, classifier=m.classifier, policy=m.policy, bundle_version="v2")
+    monkeypatch.undo()
+    assert len(calls) == 3 and calls[2][1] == "live"  # aside, (refused) in, back
+    assert load_bundle(out).version == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live"]

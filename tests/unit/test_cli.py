@@ -101,3 +101,12 @@ def test_retrain_help_states_the_settings_defaults(capsys: pytest.CaptureFixture
     for value in (d.holdout_frac, d.n_bootstrap, d.min_improvement, d.min_ess, d.max_fit_rows):
         shown = f"{value:,}" if isinstance(value, int) else f"{value:g}"
         assert f"(default {shown})" in text or f"default {shown})" in text, (value, text)
+
+
+def test_json_output_has_null_for_non_finite_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    from turnout.cli import _emit
+
+    _emit({"nan": float("nan"), "inf": [float("-inf")], "f32": np.float32("nan"), "f64": np.float64(1.5), "n": 2})
+    assert json.loads(capsys.readouterr().out) == {"nan": None, "inf": [None], "f32": None, "f64": 1.5, "n": 2}

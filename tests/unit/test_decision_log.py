@@ -116,6 +116,8 @@ def test_a_long_write_outage_keeps_at_most_max_buffer_rows(tmp_path: Path) -> No
     blocker.write_text("a file where the log directory should be")
     w = DecisionLogWriter(blocker, prefix="d", flush_rows=2, flush_s=3600.0, max_buffer_rows=5)
     for i in range(9):
-        w.append(replace(RECORD, request_id=f"r{i}"))  # every due flush fails
-    assert len(w) == 5 and w.n_dropped == 4 and w.n_failed_writes >= 1
+        w.append(replace(RECORD, request_id=f"r{i}"))  # the first due flush fails; later appends do not retry
+    assert w.n_failed_writes == 1 and len(w) == 5 and w.n_dropped == 4  # the cap holds between retries
+    w.flush()  # an explicit flush (close, /admin/flush) still tries, and fails
+    assert len(w) == 5 and w.n_dropped == 4 and w.n_failed_writes == 2
     assert [r.request_id for r in w._buffer] == [f"r{i}" for i in range(4, 9)]  # the newest are kept

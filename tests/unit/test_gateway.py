@@ -65,6 +65,8 @@ INVALID: list[tuple[str, object | bytes, int, str]] = [
     ("malformed-json", b'{"messages": [', 400, "request body is not valid JSON ("),
     ("nan-number", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400,
      "request body is not valid JSON (NaN is not a JSON number)"),
+    ("huge-number", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 1e999}', 400,
+     "request body is not valid JSON (1e999 is out of range for a JSON number)"),
     ("invalid-utf8", b'{"messages": "\xff\xfe"}', 400, "request body is not valid UTF-8 (byte 0xff at offset 14)"),
     ("body-is-list", [{"role": "user", "content": "hi"}], 400, "request body must be a JSON object; got list"),
     ("missing-messages", {"model": "auto"}, 400, "missing required field 'messages'"),

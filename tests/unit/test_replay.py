@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from serving.replay import ReplayResult, replay
+from rich.console import Console
+
+from serving.replay import ReplayResult, print_summary, replay
 
 
 def _closed_port() -> int:
@@ -25,3 +27,9 @@ def test_unreachable_gateway_is_named_in_the_summary() -> None:
 def test_errors_are_counted_most_frequent_first() -> None:
     result = ReplayResult(errors=["HTTP 429: slow down"] * 2 + ["HTTP 400: bad"] + ["HTTP 429: slow down"])
     assert result.summary()["errors"] == [{"count": 3, "error": "HTTP 429: slow down"}, {"count": 1, "error": "HTTP 400: bad"}]
+
+
+def test_error_text_is_printed_verbatim() -> None:
+    console = Console(record=True, width=200, color_system=None)
+    print_summary(ReplayResult(errors=["HTTP 502: upstream said [/v1] [bold]x"]).summary(), console)
+    assert "1 x HTTP 502: upstream said [/v1] [bold]x" in console.export_text()
