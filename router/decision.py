@@ -181,6 +181,7 @@ class Router:
         for probs, ood in zip(res.probs.tolist(), res.is_ood.tolist()):
             if not all(map(math.isfinite, probs)):
                 self.n_fallbacks += 1
+                self._failed("classifier (fallback model used)", ValueError(f"non-finite probabilities {probs}"))
                 out.append((None, False))
             else:
                 out.append((probs, bool(ood)))
@@ -244,6 +245,8 @@ class Router:
             probs, ood = None, False
         if probs is None or not all(map(math.isfinite, probs)):
             self.n_fallbacks += 1
+            if probs is not None:
+                self._failed("classifier (fallback model used)", ValueError(f"non-finite probabilities {probs}"))
             return None, False
         return probs, ood
 

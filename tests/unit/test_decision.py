@@ -3,6 +3,8 @@ and the scoring-failure path (fakes replace the ONNX-backed parts)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -216,3 +218,21 @@ def test_classifier_failure_falls_back(router: Router) -> None:
     d = router.decide(_req(CLEAR_PROMPTS["code"][0]), now_s=0.0, rng=np.random.default_rng(0))
     assert (d.model, d.policy, d.propensity) == ("large", "fallback", 1.0)
     assert router.n_fallbacks == 1
+
+
+class NanRowClassifier:
+    """Answers without raising, but with non-finite probabilities (a corrupted head)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def predict_row(self, text: str) -> tuple[list[float], bool]:
+        return [math.nan] * self.n, False
+
+
+def test_non_finite_classifier_output_falls_back_and_is_logged(router: Router, caplog: pytest.LogCaptureFixture) -> None:
+    router.classifier = NanRowClassifier(len(router.config.taxonomy))  # type: ignore[assignment]
+    with caplog.at_level("WARNING", logger="turnout.router"):
+        d = router.decide(_req(CLEAR_PROMPTS["code"][0]), now_s=0.0, rng=np.random.default_rng(0))
+    assert (d.model, d.policy, router.n_fallbacks) == ("large", "fallback", 1)
+    assert any("non-finite probabilities" in r.getMessage() for r in caplog.records)
