@@ -42,10 +42,10 @@ from router.ood import prepare_text
 from router.onnx_session import make_session
 from router.policy import HeadPredictions, PolicyScorer, choose, utilities_row
 from router.request import Request
+from router.throttled_log import ThrottledLog
 from router.types import CacheTier
 
 _LOG = logging.getLogger("turnout.router")
-FAILURE_LOG_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +85,7 @@ class Router:
         self.n_fallbacks = 0
         self._embeddings: OrderedDict[str, np.ndarray] = OrderedDict()  # request_id -> prompt embedding
         self._candidate_cache: dict[str, tuple[list[str], list[int] | None]] = {}
-        self._failures: dict[str, int] = {}
-        self._failure_logged_at: dict[str, float] = {}
+        self._failures = ThrottledLog(_LOG)
 
     def _build_cache(self, bundle: Bundle, settings: CacheStoreSettings | None) -> ResponseCache:
         policy = CachePolicy.load(bundle.file("cache_policy.json"))
@@ -251,13 +250,8 @@ class Router:
         return probs, ood
 
     def _failed(self, what: str, e: Exception) -> None:
-        """Log a swallowed failure: the first of each kind, then at most one line a minute with the count
-        (a broken model fails every request; the log must say so without a line per request)."""
-        now = time.monotonic()
-        n = self._failures[what] = self._failures.get(what, 0) + 1
-        if now - self._failure_logged_at.get(what, -math.inf) >= FAILURE_LOG_EVERY_S:
-            self._failure_logged_at[what] = now
-            _LOG.warning("bundle %s: %s failed (%d so far): %s: %s", self.version, what, n, type(e).__name__, e)
+        """A swallowed failure, logged through ``router.throttled_log`` (never silent, never a line per request)."""
+        self._failures.failed(f"bundle {self.version}: {what}", f"{type(e).__name__}: {e}")
 
     def observe(self, decision: Decision, quality: float) -> None:
         """Feed an observed quality back into the online correction (policy decisions only)."""

@@ -36,6 +36,7 @@ from router.errors import ArtifactError, RequestError
 from router.features import FEATURE_VERSION
 from router.log_schema import LogRecord, dumps_stats
 from router.request import Request, decode_json_object, estimate_tokens, parse_messages, parse_preference
+from router.throttled_log import ThrottledLog
 from serving.backends import BackendError, BackendResult, ModelReply
 from serving.decision_log import DecisionLogWriter
 from serving.experiments import Arm, assign_arm, assignment_key
@@ -123,6 +124,7 @@ class GatewayCore:
         self.overload = overload
         self.inflight: Counter[str] = Counter()
         self.breakers: dict[str, CircuitBreaker] = {}
+        self._learn_failures = ThrottledLog(_LOG)  # a failing cache insert fails every request alike
         self.watchers = {a.name: BundleWatcher(a.bundle) for a in self.arms}
         self.deployed_models = set(self.router.config.model_names)
         self._decide_pool = ThreadPoolExecutor(1, thread_name_prefix="decide") if decide_in_thread else None
@@ -341,8 +343,8 @@ class GatewayCore:
         try:
             await self._learn_unguarded(call, reply, served)
         except Exception as e:  # noqa: BLE001 -- the answer must still reach the client
-            _LOG.warning("request %s: storing the answer failed: %s: %s", call.decision.request_id,
-                         type(e).__name__, e)
+            self._learn_failures.failed(f"storing answers of {served}",
+                                        f"request {call.decision.request_id}: {type(e).__name__}: {e}")
             self.metrics.error("learn", served)
 
     async def _learn_unguarded(self, call: _Call, reply: ModelReply, served: str) -> None:
