@@ -19,10 +19,14 @@ Families (``FAMILIES``):
 families, picks one by validation macro-F1 -- or, with ``select_by="loso"`` and a source per row, by
 mean leave-one-source-out macro-F1, the score that predicts behaviour on prompts unlike any training
 source. The encoder must beat TF-IDF by ``min_gain`` to be chosen: it costs 10-50x the latency. Then
-it fits the temperature (validation NLL), the character LM of the OOD guard (training texts) and the
-OOD threshold at ``target_fpr`` on validation, and refits the model on train + test (validation stays
-held out so the temperature and threshold describe the shipped model on unseen data). The reported
-test metrics come from the same recipe fitted on train alone (its own temperature, fitted on validation).
+it fits the temperature (NLL; on the leave-one-source-out predictions when the rows carry sources --
+calibrated for a source the model never saw, as the OOD guard is -- else on validation), the character
+LM of the OOD guard (training texts) and the OOD threshold at ``target_fpr`` on validation, and refits
+the model on train + test (validation stays held out so the temperature and threshold describe the
+shipped model on unseen data). The reported test metrics come from the same recipe fitted on train alone
+(its own temperature, fitted on validation); ``test_ece_shipped_temperature`` scores the shipped one.
+Measured (encoder head, 232 hand-labelled ShareGPT prompts, 2026-11-23): validation temperature 0.57,
+ECE 0.133 on them; leave-one-source-out temperature 0.64, ECE 0.113, in-source test ECE 0.014 -> 0.025.
 """
 
 from __future__ import annotations
@@ -452,18 +456,21 @@ def fit_category_model(texts: Sequence[str], labels: Sequence[str], taxonomy: Se
     fams = {n: _Family(n, taxonomy, prepared, seed, max_chars, encoder, embeddings, sources,
                        ENCODER_DEFAULT_C if encoder_c is None else encoder_c, encoder_inputs) for n in names}
     selection: dict[str, dict[str, Any]] = {}
+    oos_probs: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}  # family -> source -> (rows, probs)
     for n, fam in fams.items():
         loso_by_c: dict[float, dict[str, dict[str, Any]]] = {}
+        oos_by_c: dict[float, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         if n == "encoder" and select_by == "loso" and encoder_c is None:
             for c in ENCODER_C_GRID:
                 fam.c = c
-                loso_by_c[c] = leave_one_source_out(fam, y, sources)
+                loso_by_c[c] = leave_one_source_out(fam, y, sources, oos_by_c.setdefault(c, {}))
             fam.c = max(loso_by_c, key=lambda c: _mean_macro_f1(loso_by_c[c]))
         model = fam.fit(train, y)
         pred = fam.proba(model, val).argmax(axis=1)
         selection[n] = {"val_macro_f1": macro_f1(y[val], pred), "val_accuracy": float(np.mean(pred == y[val]))}
         if select_by == "loso":
-            selection[n]["loso"] = loso_by_c.get(fam.c) or leave_one_source_out(fam, y, sources)
+            oos_probs[n] = oos_by_c.get(fam.c) or {}
+            selection[n]["loso"] = loso_by_c.get(fam.c) or leave_one_source_out(fam, y, sources, oos_probs[n])
             selection[n]["loso_mean_macro_f1"] = _mean_macro_f1(selection[n]["loso"])
         if n == "encoder":
             selection[n]["c"] = fam.c
@@ -478,7 +485,12 @@ def fit_category_model(texts: Sequence[str], labels: Sequence[str], taxonomy: Se
     probe_temperature = fit_temperature(fam.proba(probe, val), y[val])
     final = fam.fit(np.concatenate([train, test]), y)
     val_raw = fam.proba(final, val)
-    temperature = fit_temperature(val_raw, y[val])
+    temperature_validation = fit_temperature(val_raw, y[val])
+    temperature, temperature_fit_on = temperature_validation, "validation split"
+    oos = [v for k, v in sorted(oos_probs.get(chosen, {}).items())]
+    if oos:  # like the OOD guard: calibrated for a source the model never saw, which production traffic is
+        temperature = fit_temperature(np.concatenate([p for _, p in oos]), np.concatenate([y[rows] for rows, _ in oos]))
+        temperature_fit_on = "leave-one-source-out predictions"
     lm = CharLanguageModel.fit([prepared[i] for i in train], extra_vocab=english_words())
     files: dict[str, bytes] = {MODEL_FILE: final.to_onnx(), LM_FILE: lm.to_json()}
     if chosen == "tfidf":
@@ -509,7 +521,9 @@ def fit_category_model(texts: Sequence[str], labels: Sequence[str], taxonomy: Se
         "test_accuracy": float(np.mean(test_pred == y[test])), "test_macro_f1": macro_f1(y[test], test_pred),
         "test_ece": expected_calibration_error(cal_test, y[test]),
         "test_ece_uncalibrated": expected_calibration_error(test_probs, y[test]),
-        "temperature": temperature, "ood_threshold": threshold, "ood_validation_fpr": val_fpr,
+        "test_ece_shipped_temperature": expected_calibration_error(apply_temperature(test_probs, temperature), y[test]),
+        "temperature": temperature, "temperature_fit_on": temperature_fit_on,
+        "temperature_validation": temperature_validation, "ood_threshold": threshold, "ood_validation_fpr": val_fpr,
         "fit_seconds": round(time.perf_counter() - t0, 1),
     }
     return FittedClassifier(files, info, metrics)
@@ -561,9 +575,11 @@ def _mean_macro_f1(loso: Mapping[str, Mapping[str, Any]]) -> float:
     return float(np.mean([r["macro_f1"] for r in loso.values()]))
 
 
-def leave_one_source_out(fam: _Family, y: np.ndarray, sources: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+def leave_one_source_out(fam: _Family, y: np.ndarray, sources: Sequence[str] | None,
+                         probs_out: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, dict[str, Any]]:
     """For each source: fit on all other sources, evaluate on it. Macro-F1 over the classes the held-out
-    source has (a single-class source's macro-F1 is that class's F1)."""
+    source has (a single-class source's macro-F1 is that class's F1). ``probs_out`` receives, per source,
+    (held-out row indices, their out-of-source probabilities): what the temperature is fitted on."""
     if sources is None or len(set(sources)) < 3:
         raise ValueError("select_by='loso' needs a source per text and at least 3 distinct sources")
     src = np.asarray(sources)
@@ -575,7 +591,10 @@ def leave_one_source_out(fam: _Family, y: np.ndarray, sources: Sequence[str] | N
             out[s] = {"n": int(len(held)), "skipped": f"no other source has {[fam.taxonomy[m] for m in missing]}",
                       "accuracy": float("nan"), "macro_f1": float("nan")}
             continue
-        pred = fam.proba(fam.fit(rest, y), held).argmax(axis=1)
+        probs = fam.proba(fam.fit(rest, y), held)
+        if probs_out is not None:
+            probs_out[s] = (held, probs)
+        pred = probs.argmax(axis=1)
         out[s] = {"n": int(len(held)), "accuracy": float(np.mean(pred == y[held])), "macro_f1": macro_f1(y[held], pred)}
     return {k: v for k, v in out.items() if "skipped" not in v} or out
 

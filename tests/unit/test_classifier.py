@@ -201,6 +201,21 @@ def test_encoder_head_c_is_chosen_by_leave_one_source_out() -> None:
     assert set(sel["loso_mean_macro_f1_by_c"]) == {str(c) for c in ENCODER_C_GRID}
     assert sel["loso_mean_macro_f1"] == max(sel["loso_mean_macro_f1_by_c"].values())
     assert sel["c"] in ENCODER_C_GRID and set(sel["loso"]) == {"a", "b", "c"}
+    # the shipped temperature is fitted on the chosen C's out-of-source predictions, not on validation
+    from training.classifier import fit_temperature
+
+    y = np.array([cats.index(r.category) for r in rows])
+    src = np.array(sources)
+    oos = [(np.flatnonzero(src == s), EncoderHeadTrainer(cats, c=sel["c"]).fit(
+        emb[src != s], [rows[i].category for i in np.flatnonzero(src != s)], src[src != s]).predict_proba(emb[src == s]))
+        for s in ("a", "b", "c")]
+    want = fit_temperature(np.concatenate([p for _, p in oos]), np.concatenate([y[r] for r, _ in oos]))
+    assert fitted.metrics["temperature_fit_on"] == "leave-one-source-out predictions"
+    assert fitted.info.temperature == fitted.metrics["temperature"] == pytest.approx(want, rel=1e-3)
+    holdout = fit_category_model([r.text for r in rows], [r.category for r in rows], cats, family="encoder",
+                                 embeddings=emb, encoder_inputs=("head",))
+    assert holdout.metrics["temperature_fit_on"] == "validation split"
+    assert holdout.metrics["temperature"] == holdout.metrics["temperature_validation"]
     # sources change the head: weighted and unweighted fits differ when sources are unbalanced
     skew = ["a" if r.category == "code" and i % 4 else "b" for i, r in enumerate(rows)]
     labels = [r.category for r in rows]
