@@ -114,6 +114,21 @@ def eval_classifier_report(source: str | Path | tuple[CategoryClassifier, Classi
     return report
 
 
+def read_labelled_for_eval(path: str | Path) -> tuple[list[Any], int]:
+    """The labelled rows of ``path`` and how many were skipped for a blank ``text``: real held-out sets
+    carry the odd empty prompt, and one must not void the whole evaluation (the classifier would only
+    send it to the fallback by rule). Every other invalid row still raises ``DataFormatError``."""
+    from training.formats import LabelledPrompt, iter_json_objects
+
+    rows, skipped = [], 0
+    for line_no, obj in iter_json_objects(Path(path)):
+        if isinstance(obj.get("text"), str) and not obj["text"].strip():
+            skipped += 1
+            continue
+        rows.append(LabelledPrompt.from_json(obj, line_no, source=str(path)))
+    return rows, skipped
+
+
 # ------------------------------------------------------------------------------ evaluation sets
 
 SHAREGPT_FILE = Path("sharegpt_v3_subset") / "sharegpt_v3_human_turns.jsonl"

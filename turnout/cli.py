@@ -207,16 +207,19 @@ def cmd_ab_report(a: argparse.Namespace) -> int:
 
 def cmd_eval_classifier(a: argparse.Namespace) -> int:
     from router.bundle import load_bundle
-    from training.classifier_eval import eval_classifier_report
-    from training.formats import read_jsonl, read_texts
+    from training.classifier_eval import eval_classifier_report, read_labelled_for_eval
+    from training.formats import read_texts
 
     if (Path(a.bundle) / "manifest.json").exists():
         load_bundle(a.bundle)  # verify hashes before trusting the files
-    rows = read_jsonl(a.data, "labelled")
+    rows, blank = read_labelled_for_eval(a.data)
+    if blank:
+        print(f"turnout: {a.data}: skipped {blank} row(s) with a blank text", file=sys.stderr)
     if not any(r.category != "ood" for r in rows):  # accuracy, ECE and OOD AUROC all need in-taxonomy rows
         raise ValueError(f"{a.data}: no rows with a taxonomy category ({len(rows)} rows, all labelled 'ood' or none)")
     ood = read_texts(a.ood) if a.ood else None
     report = eval_classifier_report(Path(a.bundle), [r.text for r in rows], [r.category for r in rows], ood)
+    report["n_skipped_blank_text"] = blank
     _emit(report, a.out)
     return 0
 

@@ -78,3 +78,25 @@ def test_train_classifier_cli_writes_a_loadable_dir_and_selects_by_source(tmp_pa
     fresh = [generate_prompt(c, rng).text for c in CATEGORIES * 5]
     out = clf.predict([""] + fresh)
     assert out.is_ood[0] and out.is_ood[1:].mean() <= 0.3
+
+
+def test_eval_classifier_cli_skips_blank_texts_and_says_so(fitted: FittedClassifier, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from training.formats import DataFormatError
+    from turnout.cli import main
+
+    fitted.write(tmp_path / "clf")
+    rows = [{"text": "write a python function that reverses a list", "category": "code"},
+            {"text": "   ", "category": "chat"}, {"text": "what is 12 * 7?", "category": "math"}, {"text": "", "category": "code"}]
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert main(["eval", "classifier", "--bundle", str(tmp_path / "clf"), "--data", str(data), "--json"]) == 0
+    out = capsys.readouterr()
+    report = json.loads(out.out)
+    assert report["n"] == 2 and report["n_skipped_blank_text"] == 2 and REPORT_KEYS - {"ood_auroc", "ood_fpr_at_95tpr"} <= set(report)
+    assert "skipped 2 row(s) with a blank text" in out.err
+    data.write_text(json.dumps({"text": 3, "category": "code"}) + "\n", encoding="utf-8")  # other bad rows still refuse
+    from training.classifier_eval import read_labelled_for_eval
+
+    with pytest.raises(DataFormatError, match="eval.jsonl:1: field 'text' must be a non-empty string"):
+        read_labelled_for_eval(data)
