@@ -31,7 +31,7 @@ from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -82,22 +82,21 @@ class EncoderInfo(_Frozen):
         return self
 
 
-def encoder_features(encoder: object, prepared: Sequence[str], inputs: Sequence[str] = ("head",),
+def encoder_features(encoder: Any, prepared: Sequence[str], inputs: Sequence[str] = ("head",),
                      opening_tokens: int = OPENING_TOKENS, head: FloatArray | None = None) -> FloatArray:
     """The head's input for prepared texts: the ``inputs`` embeddings side by side, (N, 384 * len(inputs))
     float32. Training and serving both call this (one featurization). ``head``: the texts' ``encode``
     embeddings when the caller has them (training caches them); a text shorter than a window reuses its
     head embedding, so only long prompts pay for an extra encoder run per extra input."""
-    enc = encoder
-    full = np.asarray(head, dtype=np.float32) if head is not None else enc.encode(prepared)  # type: ignore[attr-defined]
+    full = np.asarray(head, dtype=np.float32) if head is not None else encoder.encode(prepared)
     blocks = []
     for name in inputs:
         if name == "head":
             blocks.append(full)
         elif name == "opening":
-            blocks.append(enc.encode_window(prepared, opening_tokens, full=full))  # type: ignore[attr-defined]
+            blocks.append(encoder.encode_window(prepared, opening_tokens, full=full))
         elif name == "tail":
-            blocks.append(enc.encode_window(prepared, enc.max_length, last=True, full=full))  # type: ignore[attr-defined]
+            blocks.append(encoder.encode_window(prepared, encoder.max_length, last=True, full=full))
         else:
             raise ValueError(f"unknown encoder input {name!r} (known: head, opening, tail)")
     return np.hstack(blocks) if len(blocks) > 1 else blocks[0]

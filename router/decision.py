@@ -176,15 +176,7 @@ class Router:
         except Exception as e:
             self._failed("batched classifier call (retried per prompt)", e)
             return [self._classify(p) for p in prompts]
-        out: list[tuple[list[float] | None, bool]] = []
-        for probs, ood in zip(res.probs.tolist(), res.is_ood.tolist()):
-            if not all(map(math.isfinite, probs)):
-                self.n_fallbacks += 1
-                self._failed("classifier (fallback model used)", ValueError(f"non-finite probabilities {probs}"))
-                out.append((None, False))
-            else:
-                out.append((probs, bool(ood)))
-        return out
+        return [self._checked(probs, bool(ood)) for probs, ood in zip(res.probs.tolist(), res.is_ood.tolist())]
 
     def _heads_batch(self, features: Sequence[np.ndarray], classified: Sequence[tuple[list[float] | None, bool]]
                      ) -> list[HeadPredictions] | None:
@@ -241,13 +233,17 @@ class Router:
             probs, ood = self.classifier.predict_row(prompt)
         except Exception as e:
             self._failed("classifier (fallback model used)", e)
-            probs, ood = None, False
-        if probs is None or not all(map(math.isfinite, probs)):
             self.n_fallbacks += 1
-            if probs is not None:
-                self._failed("classifier (fallback model used)", ValueError(f"non-finite probabilities {probs}"))
             return None, False
-        return probs, ood
+        return self._checked(probs, ood)
+
+    def _checked(self, probs: list[float], ood: bool) -> tuple[list[float] | None, bool]:
+        """The classifier's answer, or (None, False) -- counted and logged -- when a probability is NaN/inf."""
+        if all(map(math.isfinite, probs)):
+            return probs, ood
+        self.n_fallbacks += 1
+        self._failed("classifier (fallback model used)", ValueError(f"non-finite probabilities {probs}"))
+        return None, False
 
     def _failed(self, what: str, e: Exception) -> None:
         """A swallowed failure, logged through ``router.throttled_log`` (never silent, never a line per request)."""

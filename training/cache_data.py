@@ -12,7 +12,6 @@ cross-source evaluation stream: CLINC150 test queries, intent as ``answer_id``, 
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -276,16 +275,9 @@ def clinc_stream(shared_dir: Path, *, n: int = 3000, seed: int = 0, split: str =
     return [rows[j] for j in rng.permutation(len(rows))[:n]]
 
 
-def _finite_seconds(x: object) -> bool:
-    """A JSON number a float holds finitely (not a bool, not a 400-digit integer)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return False
-    return abs(x) < 2**1023 if isinstance(x, int) else math.isfinite(x)
-
-
 def read_stream(path: str | Path) -> list[dict[str, object]]:
     """Read a ``{"text", "category", "answer_id"}`` JSONL stream; ValueError names the bad line."""
-    from training.formats import DataFormatError, iter_json_objects  # splits on \n only (not U+2028); strict UTF-8
+    from training.formats import DataFormatError, is_finite_number, iter_json_objects  # \n-split, strict UTF-8
 
     try:
         objects = list(iter_json_objects(Path(path)))
@@ -299,7 +291,7 @@ def read_stream(path: str | Path) -> list[dict[str, object]]:
         if not isinstance(row["text"], str):
             raise ValueError(f"{path}:{i}: 'text' must be a string")
         ts = row.get("timestamp_s")
-        if "timestamp_s" in row and not _finite_seconds(ts):
+        if "timestamp_s" in row and not is_finite_number(ts):
             raise ValueError(f"{path}:{i}: 'timestamp_s' must be a finite number of seconds; got {ts!r:.40}")
         rows.append({"text": valid_text(row["text"]), "category": str(row["category"]), "answer_id": str(row["answer_id"]),
                      **({"timestamp_s": float(ts)} if "timestamp_s" in row else {})})

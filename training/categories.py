@@ -264,17 +264,15 @@ def sharegpt_rows(shared_dir: Path, labels_file: Path | None, hand_labels_file: 
     eval_ids = labelled_ids(labels_file)
     rows = list(sharegpt_hand_rows(shared_dir, eval_ids, hand_labels_file)) if hand else []
     if weak:
-        hand_ids = {r["id"] for r in hand_labels(hand_labels_file)} if Path(hand_labels_file).is_file() else set()
-        rows += sharegpt_weak_rows(shared_dir, eval_ids | hand_ids, seed)
+        rows += sharegpt_weak_rows(shared_dir, eval_ids | labelled_ids(hand_labels_file), seed)
     return rows
 
 
 def labelled_ids(labels_file: Path | None) -> set[str]:
-    """Ids of the hand-labelled ShareGPT prompts (kept out of every training set)."""
+    """Ids in a hand-label file (evaluation or training labels); none when there is no such file."""
     if labels_file is None or not Path(labels_file).is_file():
         return set()
-    lines = Path(labels_file).read_text(encoding="utf-8").splitlines()
-    return {json.loads(line)["id"] for line in lines if line.strip()}
+    return {r["id"] for r in hand_labels(labels_file)}
 
 
 def public_sources(shared_dir: Path) -> dict[str, tuple[Path, Callable[[], Iterator[CategoryRow]]]]:

@@ -49,6 +49,14 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def is_finite_number(value: object) -> bool:
+    """A JSON number a float holds finitely: not a bool, not NaN/inf, not a 400-digit integer
+    (``float()`` of one raises OverflowError)."""
+    if not _is_number(value):
+        return False
+    return abs(value) < 2**1023 if isinstance(value, int) else math.isfinite(value)  # type: ignore[arg-type]
+
+
 def _require(data: Mapping[str, Any], key: str, where: str) -> Any:
     if key not in data:
         raise DataFormatError(f"{where}: missing required field '{key}' (keys present: {sorted(data)})")
@@ -69,7 +77,7 @@ def _unit_float(value: object, key: str, where: str) -> float:
 
 
 def _nonneg_float(value: object, key: str, where: str) -> float:
-    if not _is_number(value) or not math.isfinite(float(value)) or float(value) < 0:  # type: ignore[arg-type]
+    if not is_finite_number(value) or float(value) < 0:  # type: ignore[arg-type]
         raise _fail(where, key, value, "a finite number >= 0")
     return float(value)  # type: ignore[arg-type]
 
